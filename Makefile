@@ -1,0 +1,40 @@
+# Two commands: `make demo` (the main job) and `make test` (the test suite).
+# Each creates/updates the local virtual environment in .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export DS_BUILD_OPS := 0
+export DS_ACCELERATOR := cpu
+export OMP_NUM_THREADS ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-fast benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	# torch first: the pinned build (served from local disk where available); deepspeed's
+	# sdist imports torch in its setup.py, so it must already be present.
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --no-build-isolation deepspeed
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/benchmark.py dit
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+benchmark: $(STAMP)
+	$(PY) tools/benchmark.py all
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Models: the DiT (backbone blocks, condition fusion, expression controller) and the VAE."""

@@ -1,0 +1,196 @@
+"""FactorPortraitDiT: Wan 2.1 T2V DiT + condition fusion + per-frame AdaLN expression control.
+
+Data flow of :meth:`FactorPortraitDiT.forward` (FactorPortrait §4.2, Fig. 3):
+
+    z_t (B,16,F,h,w) + conditions ─ ConditionFusion ─ tokens (B, (1+F)·h'·w', dim)
+    timestep (B,) ─ sinusoid ─ time_embedding ─ t (B, dim)
+    expression (B,T,128) ─ ExpressionController ─ e (B,F,dim); t_i = t + [0, e]  (B,1+F,dim)
+    t_i ─ time_projection ─ per-frame shift/scale/gate (B,1+F,6,dim)
+    Wan blocks (modulation broadcast over each frame's tokens) ─ head (per-frame) ─ drop frame 0
+    ─ velocity (B,16,F,h,w)
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from factorportrait.config import DiTConfig
+from factorportrait.models import backbone
+from factorportrait.models.conditions import PortraitConditions
+from factorportrait.models.expression import ExpressionController
+from factorportrait.models.fusion import ConditionFusion
+
+
+def modulate_frames(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """AdaLN, Eq. 1: ``x·(1 + scale_i) + shift_i`` per frame i, broadcast over its tokens.
+
+    Args:
+        x: ``(B, F, S, D)`` tokens grouped by frame.
+        shift, scale: ``(B, F, 1, D)``. No per-token tensor is ever built.
+    """
+    return x * (1 + scale) + shift
+
+
+def block_forward(block: nn.Module, x: torch.Tensor, context: torch.Tensor,
+                  frame_modulation: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """One diffsynth Wan ``DiTBlock`` with per-frame modulation.
+
+    Args:
+        block: a diffsynth ``DiTBlock`` (its attention modules, norms, FFN and ``modulation``).
+        x: ``(B, F, S, D)`` tokens, S = tokens per latent frame.
+        context: ``(B, L, D)`` embedded text context.
+        frame_modulation: ``(B, F, 6, D)`` = time_projection(t_i) per frame.
+        freqs: ``(F·S, 1, head_dim/2)`` RoPE.
+    Returns:
+        ``(B, F, S, D)``.
+    """
+    batch, frames, tokens, dim = x.shape
+    modulation = block.modulation.to(frame_modulation.dtype).unsqueeze(0) + frame_modulation
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+        modulation.unsqueeze(2).unbind(dim=3))  # each (B, F, 1, D)
+
+    def per_token(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.reshape(batch, frames * tokens, dim)
+
+    def per_frame(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.reshape(batch, frames, tokens, dim)
+
+    attn_in = modulate_frames(block.norm1(x), shift_msa, scale_msa)
+    x = x + gate_msa * per_frame(block.self_attn(per_token(attn_in), freqs))
+    x = x + per_frame(block.cross_attn(block.norm3(per_token(x)), context))
+    ffn_in = modulate_frames(block.norm2(x), shift_mlp, scale_mlp)
+    return x + gate_mlp * block.ffn(ffn_in)
+
+
+class FactorPortraitDiT(nn.Module):
+    """The FactorPortrait video DiT. Submodule names follow the official Wan 2.1 checkpoint
+    (``patch_embedding``, ``text_embedding``, ``time_embedding``, ``time_projection``,
+    ``blocks.N.*``, ``head.*``); new modules are ``expression_controller`` and the
+    ``null_context`` buffer."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.patch_embedding = ConditionFusion(config)
+        self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim),
+                                            nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(),
+                                            nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = backbone.wan_blocks(config)
+        self.head = backbone.wan_head(config)
+        self.expression_controller = ExpressionController(config)
+        self.register_buffer("null_context",
+                             torch.zeros(1, config.context_length, config.text_dim))
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------ forward
+
+    def frame_embeddings(self, timestep: torch.Tensor, expression: torch.Tensor | None,
+                         frames: int) -> torch.Tensor:
+        """Frame-specific timestep embeddings ``t_i = t + e_i`` -> ``(B, 1+F_lat, dim)``.
+
+        The reference frame (index 0) gets ``e = 0``; so do all frames when ``expression``
+        is ``None``.
+        """
+        dtype = self.time_embedding[0].weight.dtype
+        t = self.time_embedding(
+            backbone.timestep_embedding(self.config.freq_dim, timestep).to(dtype))  # (B, dim)
+        t = t[:, None].expand(-1, 1 + frames, -1)
+        if expression is None:
+            return t
+        offsets = self.expression_controller(expression.to(dtype))  # (B, F_lat, dim)
+        return t + torch.cat([torch.zeros_like(offsets[:, :1]), offsets], dim=1)
+
+    def embed_context(self, context: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """``(B, L, text_dim)`` or the stored null context -> ``(B, L, dim)``."""
+        if context is None:
+            context = self.null_context.expand(batch, -1, -1)
+        return self.text_embedding(context.to(self.null_context.dtype))
+
+    def forward(self, noisy_latents: torch.Tensor, timestep: torch.Tensor,
+                conditions: PortraitConditions) -> torch.Tensor:
+        """Predict the flow-matching velocity of the generated frames.
+
+        Args:
+            noisy_latents: ``(B, 16, F_lat, h, w)`` z_t.
+            timestep: ``(B,)`` in [0, 1000].
+            conditions: see :class:`PortraitConditions`.
+        Returns:
+            ``(B, 16, F_lat, h, w)`` velocity for frames 1…F_lat (the reference is dropped).
+        """
+        config = self.config
+        conditions.validate(noisy_latents, latent_channels=config.latent_channels,
+                            ray_channels=config.ray_channels,
+                            expression_dim=config.expression_dim, text_dim=config.text_dim,
+                            check_finite=False)
+        batch, _, frames, height, width = noisy_latents.shape
+        if height % config.patch_size[1] or width % config.patch_size[2]:
+            raise ValueError(f"noisy_latents spatial size {height}x{width} must be divisible "
+                             f"by the patch size {config.patch_size[1:]}")
+        if timestep.shape != (batch,):
+            raise ValueError(f"timestep must have shape (B,) = ({batch},), got "
+                             f"{tuple(timestep.shape)}")
+        dtype = self.time_embedding[0].weight.dtype
+        tokens = self.patch_embedding(noisy_latents.to(dtype), conditions)  # (B,D,1+F,h',w')
+        grid = tokens.shape[2:]
+        x = rearrange(tokens, "b d f h w -> b f (h w) d")  # (B, 1+F, S, D)
+        t_frames = self.frame_embeddings(timestep, conditions.expression, frames)
+        frame_modulation = self.time_projection(t_frames).unflatten(2, (6, self.config.dim))
+        context = self.embed_context(conditions.context, batch)
+        freqs = backbone.rope_frequencies(self.config.head_dim, *grid, device=x.device)
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block_forward, block, x, context, frame_modulation, freqs,
+                               use_reentrant=False)
+            else:
+                x = block_forward(block, x, context, frame_modulation, freqs)
+        x = self.head_forward(x[:, 1:], t_frames[:, 1:])  # generated frames only
+        patch_t, patch_h, patch_w = self.config.patch_size
+        return rearrange(x, "b f (h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)",
+                         h=grid[1], w=grid[2], pt=patch_t, ph=patch_h, pw=patch_w)
+
+    def head_forward(self, x: torch.Tensor, t_frames: torch.Tensor) -> torch.Tensor:
+        """Wan's head with per-frame shift/scale: ``(B,F,S,D)``, ``(B,F,D)`` -> patches."""
+        head = self.head
+        shift, scale = (head.modulation.to(t_frames.dtype).unsqueeze(0)
+                        + t_frames.unsqueeze(2)).unsqueeze(2).unbind(dim=3)  # (B,F,1,D) each
+        return head.head(modulate_frames(head.norm(x), shift, scale))
+
+    # ------------------------------------------------------------------ parameters
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> "FactorPortraitDiT":
+        self.gradient_checkpointing = enabled
+        return self
+
+    def condition_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the condition paths (the widened patch embedding and the expression
+        controller), for training only the new modules."""
+        return [self.patch_embedding.weight, self.patch_embedding.bias,
+                *self.expression_controller.parameters()]
+
+    # ------------------------------------------------------------------ weights
+
+    @classmethod
+    def from_wan(cls, path, config: DiTConfig) -> "FactorPortraitDiT":
+        """Build from official Wan 2.1 T2V DiT weights (see :mod:`factorportrait.models.weights`)."""
+        from factorportrait.models.weights import load_wan_weights
+        model = cls(config)
+        load_wan_weights(model, path)
+        return model
+
+    def save_pretrained(self, directory) -> None:
+        """Write ``config.json`` + ``model.safetensors`` atomically to ``directory``."""
+        from factorportrait.models.weights import save_pretrained
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, map_location: str | torch.device = "cpu"
+                        ) -> "FactorPortraitDiT":
+        """Load a directory written by :meth:`save_pretrained`. Nothing is unpickled."""
+        from factorportrait.models.weights import load_pretrained
+        return load_pretrained(cls, directory, map_location)
