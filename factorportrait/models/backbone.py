@@ -19,6 +19,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from factorportrait.config import DiTConfig
+    from factorportrait.models.vae import VAEConfig
 
 
 @functools.cache
@@ -64,6 +65,19 @@ def wan_reference_forward(model: nn.Module, latents: torch.Tensor, timestep: tor
     """diffsynth's own Wan forward (``model_fn_wan_video``) on ``latents (B,16,F,h,w)``."""
     from diffsynth.pipelines.wan_video import model_fn_wan_video
     return model_fn_wan_video(dit=model, latents=latents, timestep=timestep, context=context)
+
+
+def wan_vae_model(config: "VAEConfig") -> nn.Module:
+    """diffsynth's Wan video VAE network (``VideoVAE_``) at ``config.dim`` width; its state
+    dict uses the official ``Wan2.1_VAE.pth`` key names."""
+    try:
+        from diffsynth.models.wan_video_vae import VideoVAE_
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("FactorPortrait needs diffsynth for the Wan VAE: "
+                          "pip install 'diffsynth>=2.1,<2.2'") from error
+    return VideoVAE_(dim=config.dim, z_dim=config.z_dim, dim_mult=list(config.dim_mult),
+                     num_res_blocks=config.num_res_blocks,
+                     temperal_downsample=list(config.temporal_downsample))
 
 
 def timestep_embedding(freq_dim: int, timestep: torch.Tensor) -> torch.Tensor:
