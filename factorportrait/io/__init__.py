@@ -1,0 +1,14 @@
+"""File I/O: videos (decord read, ffmpeg write) and images; every writer is atomic."""
+
+from factorportrait.io.atomic import atomic_output, atomic_write_bytes
+from factorportrait.io.video import (
+    DEFAULT_CRF,
+    read_image,
+    read_video,
+    resize_frames,
+    video_info,
+    write_video,
+)
+
+__all__ = ["DEFAULT_CRF", "atomic_output", "atomic_write_bytes", "read_image", "read_video",
+           "resize_frames", "video_info", "write_video"]
