@@ -22,7 +22,6 @@ from factorportrait.geometry import (
     save_nerf_transforms,
     save_realestate10k,
 )
-from factorportrait.geometry.formats import atomic_write
 from factorportrait.geometry.rotations import axis_angle_to_matrix
 
 F64 = torch.float64
@@ -169,17 +168,3 @@ def test_errors_for_missing_sizes_and_unknown_types(tmp_path: Path) -> None:
         save_realestate10k(Cameras(cams.K, cams.c2w), tmp_path / "b.txt")
     with pytest.raises(ValueError, match="unknown camera file type"):
         save_cameras(cams, tmp_path / "b.csv")
-
-
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
-    path = tmp_path / "cams.json"
-    path.write_text("old")
-
-    def failing(handle: object) -> None:
-        handle.write(b"half")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(path, failing)
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["cams.json"]

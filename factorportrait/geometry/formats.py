@@ -9,20 +9,19 @@ intrinsics are copied without a half-pixel shift. See docs/cameras.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from factorportrait.geometry.cameras import Cameras, invert_rigid
+from factorportrait.io.atomic import atomic_write_bytes
 
 PathLike = str | os.PathLike
 _FLIP_YZ = (1.0, -1.0, -1.0, 1.0)  # OpenCV camera (x right, y down, z fwd) ↔ OpenGL (y up, z back)
@@ -45,25 +44,8 @@ def opengl_to_opencv(c2w: Tensor) -> Tensor:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_text(path: PathLike, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _read_json(path: PathLike) -> Any:

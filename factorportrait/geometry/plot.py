@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from factorportrait.geometry.cameras import Cameras
-from factorportrait.geometry.formats import atomic_write
+from factorportrait.io.atomic import atomic_output
 
 
 def _to_plot(points: Tensor) -> Tensor:
@@ -99,7 +99,8 @@ def plot_trajectory(cameras: Cameras, path: str | os.PathLike,
     ax.set_zlabel("−y, up (m)")
     ax.set_title(title or f"{len(cams)} cameras")
     ax.legend(loc="upper left", fontsize=8)
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
 
 
 def _equal_axes(ax: object, points: Tensor) -> None:

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from factorportrait.io.atomic import atomic_output, atomic_write_bytes
 from factorportrait.models import backbone
 
 WAN_LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -168,10 +168,10 @@ class WanVAE(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_FILE,
-                      lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+        with atomic_output(directory / WEIGHTS_FILE) as tmp:
+            save_file(state, str(tmp), metadata={"format": FORMAT})
         config = json.dumps({"format": FORMAT, "config": self.config.to_dict()}, indent=2)
-        _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(config))
+        atomic_write_bytes(directory / CONFIG_FILE, config.encode())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "WanVAE":
@@ -245,14 +245,3 @@ def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: in
             output[..., y:y + ph, x0:x0 + pw] += piece * mask
             weight[y:y + ph, x0:x0 + pw] += mask
     return output / weight
-
-
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
