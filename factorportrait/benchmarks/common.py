@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
-import os
 import statistics
-import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -51,16 +50,31 @@ def interleaved_median_seconds(steps: dict[str, Callable[[], object]], device: t
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> None:
+    """Give freed heap pages back to the kernel (glibc ``malloc_trim``), then reset the
+    resident-set high-water mark (VmHWM) to the current RSS (Linux ≥ 4.0)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may read low
+        pass
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 class PeakMemory:
     """Peak memory of a region in MiB above its start.
 
-    CUDA: ``torch.cuda.max_memory_allocated`` (exact). CPU: resident set size sampled every
-    millisecond by a thread (approximate: short spikes can be missed).
+    CUDA: ``torch.cuda.max_memory_allocated`` (exact). CPU: the kernel's resident-set
+    high-water mark (``VmHWM``, reset at the start of the region) minus the resident set at
+    the start: exact for pages touched, independent of sampling.
     """
 
     def __init__(self, device: torch.device):
@@ -78,24 +92,10 @@ class PeakMemory:
             synchronize(self.device)
             self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - start) / 2**20
             return
-        start = _rss_bytes()
-        peak = [start]
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], _rss_bytes())
-                time.sleep(0.001)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            stop.set()
-            thread.join()
-            peak[0] = max(peak[0], _rss_bytes())
-            self.peak_mib = (peak[0] - start) / 2**20
+        _reset_peak_rss()
+        start = _status_kib("VmRSS")
+        yield self
+        self.peak_mib = (_status_kib("VmHWM") - start) / 1024
 
 
 @contextmanager
