@@ -1,4 +1,4 @@
-"""Benchmarks: python tools/benchmark.py {dit,render} [--json] [options].
+"""Benchmarks: python tools/benchmark.py {dit,render,sample,train} [--json] [options].
 
 Each prints a readable table; with --json the table goes to stderr and stdout carries one
 JSON object. Implementations live in factorportrait/benchmarks/.
@@ -15,6 +15,8 @@ import sys
 BENCHMARKS = {
     "dit": "factorportrait.benchmarks.dit",
     "render": "factorportrait.benchmarks.render",
+    "sample": "factorportrait.benchmarks.sample",
+    "train": "factorportrait.benchmarks.train",
 }
 
 

@@ -80,6 +80,20 @@ def wan_vae_model(config: "VAEConfig") -> nn.Module:
                      temperal_downsample=list(config.temporal_downsample))
 
 
+def wan_text_encoder(tokenizer_dir: str | Path, context_length: int
+                     ) -> tuple[nn.Module, object]:
+    """Wan's umT5-XXL encoder (random init; load its weights after) and its tokenizer from a
+    local ``google/umt5-xxl`` folder, padded/truncated to ``context_length`` tokens."""
+    try:
+        from diffsynth.models.wan_video_text_encoder import HuggingfaceTokenizer, WanTextEncoder
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("the umT5 text encoder needs diffsynth: pip install "
+                          "'diffsynth>=2.1,<2.2'") from error
+    tokenizer = HuggingfaceTokenizer(name=str(tokenizer_dir), seq_len=context_length,
+                                     clean="whitespace")
+    return WanTextEncoder(), tokenizer
+
+
 def timestep_embedding(freq_dim: int, timestep: torch.Tensor) -> torch.Tensor:
     """Wan's sinusoidal embedding of ``timestep (B,)`` -> ``(B, freq_dim)`` (cos, sin)."""
     return wan_dit_module().sinusoidal_embedding_1d(freq_dim, timestep)

@@ -177,7 +177,7 @@ class FactorPortraitDiT(nn.Module):
 
     @classmethod
     def from_wan(cls, path, config: DiTConfig) -> "FactorPortraitDiT":
-        """Build from official Wan 2.1 T2V DiT weights (see :mod:`factorportrait.models.weights`)."""
+        """Build from official Wan 2.1 T2V DiT weights (:mod:`factorportrait.models.weights`)."""
         from factorportrait.models.weights import load_wan_weights
         model = cls(config)
         load_wan_weights(model, path)

@@ -1,0 +1,1 @@
+"""Command-line entry points (console scripts; ``tools/*.py`` call the same ``main``)."""

@@ -1,0 +1,176 @@
+"""``factorportrait-render``: animate a portrait from the command line (docs/pipeline.md).
+
+Examples::
+
+    factorportrait-render face.png --checkpoint ckpt/ --mode driving \\
+        --control-track perf.safetensors --out out.mp4
+    factorportrait-render face.png --checkpoint ckpt/ --vae Wan2.1_VAE.pth --mode camera_only \\
+        --trajectory orbit --traj degrees=60 --traj easing=ease_in_out --frames 49 --out orbit.mp4
+    factorportrait-render face.png --mode mixed --expression-track a.safetensors \\
+        --pose-track b.safetensors --trajectory cams.json --avatar-seed 3 --preview sheet.png
+
+``--preview`` writes a contact sheet of the conditions (normal maps, ray maps, trajectory plot)
+without loading any weights or sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from factorportrait.diffusion.guidance import GUIDANCE_MODES
+from factorportrait.inference.controls import CONTROL_MODES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factorportrait-render", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reference", help="reference portrait image")
+    parser.add_argument("--mode", default="driving", choices=CONTROL_MODES)
+    io = parser.add_argument_group("controls")
+    io.add_argument("--driving-video", help="driving video (needs an expression encoder "
+                    "unless a control track gives the codes)")
+    io.add_argument("--control-track", help="driving control track (.safetensors)")
+    io.add_argument("--expression-track", help="mixed: expression source (clip A)")
+    io.add_argument("--pose-track", help="mixed: pose source (clip B)")
+    io.add_argument("--reference-track", help="a control track whose --reference-frame holds "
+                    "the reference image's camera, pose and expression code")
+    io.add_argument("--reference-frame", type=int, default=0)
+    io.add_argument("--trajectory", help="preset name (orbit, spiral, arc, dolly, zoom, pan, "
+                    "tilt, static) or a camera file (.json, transforms.json, .txt)")
+    io.add_argument("--traj", action="append", default=[], metavar="KEY=VALUE",
+                    help="preset parameter, e.g. degrees=90 (repeatable)")
+    io.add_argument("--normal-maps", help="precomputed normal-map video (the driving pose)")
+    io.add_argument("--avatar-seed", type=int, help="render the pose with a HeadAvatar of "
+                    "this identity seed")
+    io.add_argument("--smplx", help="render the pose with SMPL-X (model file or folder)")
+    io.add_argument("--prompt", help="text prompt (needs --text-encoder and --tokenizer)")
+    out = parser.add_argument_group("output and sampling")
+    out.add_argument("--out", help="output .mp4")
+    out.add_argument("--preview", help="write a contact sheet PNG of the conditions and stop")
+    out.add_argument("--frames", type=int, help="frame count 4k+1 (default: the sources')")
+    out.add_argument("--height", type=int)
+    out.add_argument("--width", type=int)
+    out.add_argument("--fps", type=float)
+    out.add_argument("--steps", type=int, default=35)
+    out.add_argument("--guidance", default="progressive_hybrid", choices=GUIDANCE_MODES)
+    out.add_argument("--guidance-scale", type=float, default=2.5)
+    out.add_argument("--seed", type=int, default=0)
+    out.add_argument("--window-frames", type=int, default=81)
+    out.add_argument("--window-overlap", type=int, default=16)
+    out.add_argument("--vae-tile", type=int, help="VAE tile size in pixels (multiple of 64)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint", help="FactorPortrait checkpoint directory")
+    model.add_argument("--vae", help="Wan2.1_VAE.pth (when the checkpoint has no VAE)")
+    model.add_argument("--preset", choices=("tiny", "wan_1_3b", "wan_14b"),
+                       help="refuse a checkpoint of another architecture")
+    model.add_argument("--text-encoder", help="models_t5_umt5-xxl-enc-bf16.pth")
+    model.add_argument("--tokenizer", help="google/umt5-xxl tokenizer folder")
+    model.add_argument("--device", default="auto")
+    model.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    return parser
+
+
+def _value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def trajectory_argument(args: argparse.Namespace) -> Any:
+    """``--trajectory`` + ``--traj k=v`` -> what the pipeline takes (a path or (name, params))."""
+    if args.trajectory is None:
+        if args.traj:
+            raise SystemExit("--traj needs --trajectory")
+        return None
+    if Path(args.trajectory).suffix in (".json", ".txt"):
+        if args.traj:
+            raise SystemExit("--traj parameters apply to presets, not camera files")
+        return Path(args.trajectory)
+    params = {}
+    for item in args.traj:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--traj expects KEY=VALUE, got {item!r}")
+        params[key.replace("-", "_")] = _value(value)
+    return (args.trajectory, params)
+
+
+def mesh_source(args: argparse.Namespace) -> Optional[Any]:
+    from factorportrait.inference.mesh_sources import AvatarMeshSource, SMPLXMeshSource
+
+    if args.avatar_seed is not None and args.smplx is not None:
+        raise SystemExit("choose one of --avatar-seed and --smplx")
+    if args.avatar_seed is not None:
+        from factorportrait.body import AvatarIdentity, HeadAvatar
+        return AvatarMeshSource(HeadAvatar(AvatarIdentity.sample(seed=args.avatar_seed)))
+    if args.smplx is not None:
+        from factorportrait.body import SMPLXBody
+        return SMPLXMeshSource(SMPLXBody(args.smplx))
+    return None
+
+
+def render_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's keyword inputs from the command line."""
+    from factorportrait.inference.control_track import load_control_track
+
+    reference = None
+    if args.reference_track is not None:
+        reference = load_control_track(args.reference_track)[args.reference_frame]
+    return dict(mode=args.mode, camera_trajectory=trajectory_argument(args),
+                driving_video=args.driving_video, control_track=args.control_track,
+                pose_source=args.pose_track, expression_source=args.expression_track,
+                normal_maps=args.normal_maps, reference=reference, num_frames=args.frames,
+                height=args.height, width=args.width, fps=args.fps)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from factorportrait.diffusion.guidance import Guidance
+    from factorportrait.pipeline import FactorPortraitPipeline
+
+    inputs, source = render_inputs(args), mesh_source(args)
+    if args.preview is not None:
+        from factorportrait.inference.inputs import check_render_inputs
+        from factorportrait.inference.preview import preview_conditions
+        request = check_render_inputs(args.reference, **inputs)
+        preview_conditions(request, source, args.preview)
+        print(f"wrote {args.preview}")
+        return 0
+    if args.checkpoint is None or args.out is None:
+        raise SystemExit("rendering needs --checkpoint and --out (or --preview to only draw "
+                         "the conditions)")
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    pipe = FactorPortraitPipeline.from_pretrained(
+        args.checkpoint, vae_path=args.vae, preset=args.preset, device=device,
+        dtype=getattr(torch, args.dtype), text_encoder_path=args.text_encoder,
+        tokenizer_path=args.tokenizer, mesh_source=source, window_frames=args.window_frames,
+        window_overlap=args.window_overlap, vae_tile=args.vae_tile)
+    frames = pipe(args.reference, **inputs, prompt=args.prompt, num_steps=args.steps,
+                  guidance=Guidance(args.guidance, args.guidance_scale), seed=args.seed,
+                  output_path=args.out)
+    print(f"wrote {args.out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point; input errors exit with status 2 and a one-line message."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"factorportrait-render: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Loading the pipeline's components from files, with every check done before heavy work.
+
+- :func:`check_checkpoint`: our DiT checkpoint directory (``config.json`` +
+  ``model.safetensors``): format, optional expected preset, and every tensor's name and shape
+  read from the safetensors header against a model built on the ``meta`` device (no memory).
+- :func:`resolve_vae_source` / :func:`load_vae`: the VAE from the same directory
+  (``vae_config.json`` + ``vae.safetensors``) or a user path to the official
+  ``Wan2.1_VAE.pth`` (or a converted ``.safetensors``).
+- :func:`load_text_encoder`: Wan's umT5-XXL text encoder and its tokenizer from local paths.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from factorportrait.config import DiTConfig
+from factorportrait.models import backbone
+from factorportrait.models.vae import CONFIG_FILE as VAE_CONFIG_FILE
+from factorportrait.models.vae import WEIGHTS_FILE as VAE_WEIGHTS_FILE
+from factorportrait.models.vae import VAEConfig, WanVAE
+from factorportrait.models.weights import (CONFIG_FILE, WEIGHTS_FILE, WeightsMismatchError,
+                                           read_config)
+
+TEXT_CONTEXT_LENGTH = 512  # Wan pads umT5 prompts to 512 tokens
+
+
+def check_checkpoint(directory: str | os.PathLike, preset: Optional[str] = None) -> DiTConfig:
+    """Validate a DiT checkpoint directory without loading its weights -> its config.
+
+    Raises ``FileNotFoundError`` (missing directory / files), ``WeightsMismatchError`` (a config
+    other than ``preset``; tensors missing, unexpected or mis-shaped in ``model.safetensors``).
+    """
+    from safetensors import safe_open
+
+    from factorportrait.models.dit import FactorPortraitDiT
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    config = read_config(directory)
+    if preset is not None and config != DiTConfig.preset(preset):
+        raise WeightsMismatchError(f"checkpoint {directory} holds {config.describe()}, not the "
+                                   f"requested preset {preset!r}")
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint {directory}: {WEIGHTS_FILE} is missing (next to "
+                                f"{CONFIG_FILE})")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in FactorPortraitDiT(config).state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            found = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as err:  # SafetensorError, OSError
+        raise WeightsMismatchError(f"{weights} is unreadable (truncated or not safetensors?): "
+                                   f"{err}") from err
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k} {found[k]} != {v}" for k, v in expected.items()
+              if k in found and found[k] != v]
+    problems = [f"{label} {items[:6]}" for label, items in (
+        ("missing", missing), ("unexpected", unexpected), ("wrong shapes", shapes)) if items]
+    if problems:
+        raise WeightsMismatchError(f"{weights} does not match its {CONFIG_FILE} "
+                                   f"({config.describe()}): " + "; ".join(problems))
+    return config
+
+
+def resolve_vae_source(directory: str | os.PathLike,
+                       vae_path: Optional[str | os.PathLike] = None) -> Path:
+    """Where the VAE comes from: ``vae_path`` (a ``Wan2.1_VAE.pth`` / ``.safetensors`` file or
+    a directory with ``vae_config.json``), else ``directory`` when it holds our VAE files."""
+    if vae_path is not None:
+        path = Path(vae_path)
+        if not path.exists():
+            raise FileNotFoundError(f"vae_path {path} does not exist (expected Wan2.1_VAE.pth, "
+                                    f"a .safetensors file or a directory with {VAE_CONFIG_FILE})")
+        return path
+    directory = Path(directory)
+    if (directory / VAE_CONFIG_FILE).is_file() and (directory / VAE_WEIGHTS_FILE).is_file():
+        return directory
+    raise FileNotFoundError(f"no VAE for checkpoint {directory}: it has no {VAE_CONFIG_FILE} + "
+                            f"{VAE_WEIGHTS_FILE}; pass vae_path='…/Wan2.1_VAE.pth'")
+
+
+def load_vae(source: Path, config: Optional[VAEConfig] = None) -> WanVAE:
+    """Load the VAE from :func:`resolve_vae_source`'s answer."""
+    if source.is_dir():
+        return WanVAE.from_pretrained(source)
+    return WanVAE.from_wan(source, config or VAEConfig.wan_2_1())
+
+
+class UMT5TextEncoder:
+    """Wan's umT5-XXL encoder with its tokenizer: ``prompt -> (1, 512, 4096)`` context, padded
+    positions zeroed as in Wan / diffsynth's ``encode_prompt``."""
+
+    def __init__(self, encoder: torch.nn.Module, tokenizer) -> None:
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.dim = int(encoder.dim)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str) -> Tensor:
+        device = next(self.encoder.parameters()).device
+        ids, mask = self.tokenizer(prompt, return_mask=True, add_special_tokens=True)
+        ids, mask = ids.to(device), mask.to(device)
+        context = self.encoder(ids, mask)  # (1, 512, 4096)
+        length = int(mask.gt(0).sum())
+        context[:, length:] = 0
+        return context
+
+
+def load_text_encoder(weights_path: str | os.PathLike, tokenizer_path: str | os.PathLike,
+                      device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.bfloat16) -> UMT5TextEncoder:
+    """Wan's umT5-XXL text encoder from local files.
+
+    Args:
+        weights_path: ``models_t5_umt5-xxl-enc-bf16.pth`` (read with
+            ``torch.load(weights_only=True)``) or its ``.safetensors`` conversion.
+        tokenizer_path: the ``google/umt5-xxl`` tokenizer folder shipped with Wan 2.1.
+    """
+    weights, tokenizer_dir = Path(weights_path), Path(tokenizer_path)
+    if not weights.is_file():
+        raise FileNotFoundError(f"text encoder weights {weights} do not exist (Wan 2.1's "
+                                f"models_t5_umt5-xxl-enc-bf16.pth)")
+    if not tokenizer_dir.is_dir():
+        raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist (Wan 2.1's "
+                                f"google/umt5-xxl folder)")
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(weights))
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    encoder, tokenizer = backbone.wan_text_encoder(tokenizer_dir, TEXT_CONTEXT_LENGTH)
+    encoder.load_state_dict(state)
+    return UMT5TextEncoder(encoder.to(device, dtype), tokenizer)
