@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP pool
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 from factorportrait import DiTConfig, PortraitConditions  # noqa: E402

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -51,10 +50,7 @@ def load_vae(path: str, config: str, dim: int):
     """A frozen ``WanVAE`` from a ``save_pretrained`` folder or an official weights file."""
     from factorportrait.models.vae import VAEConfig, WanVAE
 
-    if Path(path).is_dir():
-        return WanVAE.from_pretrained(path)
-    return WanVAE.from_wan(path, VAEConfig.small(dim) if config == "small" else
-                           VAEConfig.wan_2_1())
+    return WanVAE.load(path, VAEConfig.small(dim) if config == "small" else VAEConfig.wan_2_1())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ kind-mixture sampler of the curriculum, the sample loader and the latent cache
 (docs/dataset.md)."""
 
 from factorportrait.data.annotations import ClipAnnotations, load_annotations, save_annotations
+from factorportrait.data.build import build_dataset
 from factorportrait.data.clip import ClipSource, crop_box
 from factorportrait.data.dataset import DrawSampler, PortraitClipDataset, TooManyBadClips
 from factorportrait.data.format import (
@@ -34,6 +35,7 @@ __all__ = ["EXPRESSION_DIM", "KINDS", "MANIFEST_NAME", "CacheEntry", "CacheMiss"
            "ClipAnnotations", "ClipRecord", "ClipSource", "DrawSampler", "LatentCache",
            "LatentTrainingDataset", "MixtureSampler", "PortraitClipDataset", "PrecomputeReport",
            "Problem", "SamplingSpec", "TooManyBadClips", "ValidationReport", "append_manifest",
+           "build_dataset",
            "crop_box", "expression_features", "indices_by_kind", "load_annotations",
            "precompute_latents", "read_manifest", "save_annotations", "to_training_sample",
            "validate_dataset", "write_manifest"]

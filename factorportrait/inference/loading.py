@@ -89,9 +89,7 @@ def resolve_vae_source(directory: str | os.PathLike,
 
 def load_vae(source: Path, config: Optional[VAEConfig] = None) -> WanVAE:
     """Load the VAE from :func:`resolve_vae_source`'s answer."""
-    if source.is_dir():
-        return WanVAE.from_pretrained(source)
-    return WanVAE.from_wan(source, config or VAEConfig.wan_2_1())
+    return WanVAE.load(source, config)
 
 
 class UMT5TextEncoder:

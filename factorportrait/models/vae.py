@@ -174,6 +174,15 @@ class WanVAE(nn.Module):
         atomic_write_bytes(directory / CONFIG_FILE, config.encode())
 
     @classmethod
+    def load(cls, path: str | os.PathLike, config: VAEConfig | None = None) -> "WanVAE":
+        """A folder written by :meth:`save_pretrained`, or an official weights file read by
+        :meth:`from_wan` with ``config`` (default: the full Wan 2.1 VAE)."""
+        path = Path(path)
+        if path.is_dir():
+            return cls.from_pretrained(path)
+        return cls.from_wan(path, config or VAEConfig.wan_2_1())
+
+    @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "WanVAE":
         """Load a directory written by :meth:`save_pretrained`."""
         from safetensors.torch import load_file
