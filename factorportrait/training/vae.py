@@ -1,0 +1,158 @@
+"""Training a reduced-width Wan VAE on a FactorPortrait dataset (RGB and normal-map videos).
+
+The official Wan 2.1 VAE cannot be downloaded here, so CPU demos use the real Wan VAE code at
+a smaller width, trained by this loop: posterior sample → decode → L1 reconstruction + a small
+KL term, alternating RGB and normal-map windows. After training, the per-channel latent mean
+and std over the training clips are measured and stored in the VAE's config, so its
+normalised latents have zero mean and unit variance like Wan's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from factorportrait.data.dataset import DrawSampler, PortraitClipDataset
+from factorportrait.io.atomic import atomic_write_bytes
+from factorportrait.models.vae import VAEConfig, WanVAE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """Settings of :func:`train_vae` (``recipes/vae.yaml``)."""
+
+    root: str
+    output_dir: str
+    dim: int = 16
+    frames: int = 5
+    size: int = 64
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 3e-4
+    kl_weight: float = 1e-6
+    normals_fraction: float = 0.5
+    seed: int = 0
+    log_every: int = 50
+    stats_batches: int = 16
+
+    def __post_init__(self) -> None:
+        if (self.frames - 1) % 4 or self.frames < 1:
+            raise ValueError(f"vae.frames must be 4k+1, got {self.frames}")
+        if self.size % 16 or self.size <= 0:
+            raise ValueError(f"vae.size must be a positive multiple of 16, got {self.size}")
+        for name in ("dim", "steps", "batch_size", "log_every", "stats_batches"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"vae.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.normals_fraction <= 1:
+            raise ValueError(f"vae.normals_fraction must be in [0, 1], got "
+                             f"{self.normals_fraction}")
+
+
+def posterior(vae: WanVAE, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Un-normalised posterior ``(mu, log_var)``, each ``(B,16,F_lat,h,w)``, of ``video``.
+
+    diffsynth's encoder keeps only the mean; its last 1x1 conv (``conv1``) outputs both, so a
+    forward hook reads them there.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    handle = vae.model.conv1.register_forward_hook(
+        lambda module, inputs, output: captured.__setitem__("stats", output))
+    try:
+        vae.model.encode(video, [torch.zeros(16), torch.ones(16)])
+    finally:
+        handle.remove()
+    mu, log_var = captured["stats"].chunk(2, dim=1)
+    return mu, log_var.clamp(-30.0, 20.0)
+
+
+def vae_loss(vae: WanVAE, video: torch.Tensor, kl_weight: float,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 reconstruction of ``video (B,3,F,H,W)`` in [-1,1] from a posterior sample + KL."""
+    mu, log_var = posterior(vae, video)
+    noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
+    z = mu + noise * torch.exp(0.5 * log_var)
+    reconstruction = vae.model.decode(z, [torch.zeros(16), torch.ones(16)])
+    l1 = (reconstruction - video).abs().mean()
+    kl = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).mean()
+    return l1 + kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
+
+
+def _batches(config: VAETrainConfig, dataset: PortraitClipDataset):
+    from factorportrait.data.mixture import MixtureSampler
+
+    ratios = {kind: 1.0 for kind in dataset.kind_to_indices()}
+    sampler = MixtureSampler(dataset.kind_to_indices(), ratios, seed=config.seed)
+    return iter(DataLoader(dataset, batch_size=config.batch_size,
+                           sampler=DrawSampler(sampler), collate_fn=_collate))
+
+
+def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    return {"video": torch.stack([s["video"] for s in samples]),
+            "normals": torch.stack([s["normals"] for s in samples]),
+            "has_normals": torch.tensor([bool(s["has_normals"]) for s in samples])}
+
+
+@torch.no_grad()
+def latent_statistics(vae: WanVAE, batches, count: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of posterior means over ``count`` batches (RGB and normals)."""
+    total = torch.zeros(16, dtype=torch.float64)
+    square = torch.zeros(16, dtype=torch.float64)
+    n = 0
+    for _ in range(count):
+        batch = next(batches)
+        for video in (batch["video"], batch["normals"][batch["has_normals"]]):
+            if len(video) == 0:
+                continue
+            mu = posterior(vae, video)[0].double()
+            total += mu.sum(dim=(0, 2, 3, 4))
+            square += mu.square().sum(dim=(0, 2, 3, 4))
+            n += mu.numel() // 16
+    mean = total / n
+    std = (square / n - mean.square()).clamp_min(1e-8).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def train_vae(config: VAETrainConfig) -> WanVAE:
+    """Train a ``VAEConfig.small(config.dim)`` VAE and save it to ``config.output_dir``."""
+    torch.manual_seed(config.seed)
+    dataset = PortraitClipDataset(config.root, config.frames, size=(config.size, config.size),
+                                  split="train", seed=config.seed)
+    vae = WanVAE(VAEConfig.small(config.dim))
+    vae.model.requires_grad_(True).train()
+    optimizer = torch.optim.AdamW(vae.model.parameters(), lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / config.steps, 1.0))))
+    batches, generator = _batches(config, dataset), torch.Generator().manual_seed(config.seed)
+    history = []
+    for step in range(1, config.steps + 1):
+        batch = next(batches)
+        use_normals = (torch.rand((), generator=generator) < config.normals_fraction
+                       and bool(batch["has_normals"].all()))
+        video = batch["normals"] if use_normals else batch["video"]
+        loss, parts = vae_loss(vae, video, config.kl_weight, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        history.append({"step": step, "loss": loss.item(), **parts})
+        if step % config.log_every == 0 or step == config.steps:
+            log.info("vae step %d/%d loss %.4f l1 %.4f", step, config.steps, loss.item(),
+                     parts["l1"])
+    vae.model.requires_grad_(False).eval()
+    mean, std = latent_statistics(vae, batches, config.stats_batches)
+    trained = WanVAE(replace(vae.config, latent_mean=tuple(mean), latent_std=tuple(std)))
+    trained.model.load_state_dict(vae.model.state_dict())
+    output = Path(config.output_dir)
+    trained.save_pretrained(output)
+    atomic_write_bytes(output / "vae_training.json", json.dumps(
+        {"config": asdict(config), "history": history}, indent=1).encode())
+    return trained
