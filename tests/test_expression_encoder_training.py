@@ -1,0 +1,203 @@
+"""Expression sets, training and evaluation of the expression encoder (issue 8)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from factorportrait.expression.augment import AugmentConfig
+from factorportrait.expression.batches import SetPool
+from factorportrait.expression.evaluate import METRICS, evaluate_sources, synthetic_evaluation
+from factorportrait.expression.probes import (
+    RidgeProbe,
+    classification_accuracy,
+    r2_scores,
+    retrieval_accuracy,
+)
+from factorportrait.expression.sets import AvatarPool, SetSampling, identity_seeds, render_sets
+from factorportrait.expression.train import (
+    TrainConfig,
+    config_from_recipe,
+    train_expression_encoder,
+)
+from factorportrait.models.expression_encoder import ExpressionEncoder, ExpressionEncoderConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small renders and networks: one thread is fastest on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def avatars() -> AvatarPool:
+    return AvatarPool(identity_seeds(3, "train"))
+
+
+def test_identity_seeds_are_deterministic_and_disjoint():
+    train, heldout = identity_seeds(50, "train"), identity_seeds(50, "heldout")
+    assert train == identity_seeds(50, "train") and not set(train) & set(heldout)
+    assert identity_seeds(2, "train", seed=1) != train[:2]
+    with pytest.raises(ValueError, match="'train' or 'heldout'"):
+        identity_seeds(2, "test")
+
+
+def test_sets_share_the_expression_and_vary_everything_else(avatars):
+    sampling = SetSampling()
+    sets = render_sets(avatars, 4, 3, 24, sampling, torch.Generator().manual_seed(0))
+    assert sets.images.shape == (4, 3, 3, 30, 30) and sets.expression.shape == (4, 8)
+    assert sets.images.min() >= -1 and sets.images.max() <= 1
+    assert ((sets.expression == 0) | (sets.expression >= 0.15)).all()
+    for name, values in sets.factors.items():
+        assert values.shape == (4, 3) and (values.std(1) > 0.1).all(), name
+    assert (sets.images[:, 0] - sets.images[:, 1]).abs().amax(dim=(1, 2, 3)).min() > 0.1
+    again = render_sets(avatars, 4, 3, 24, sampling, torch.Generator().manual_seed(0))
+    assert torch.equal(again.images, sets.images)
+
+
+def test_pair_batches_keep_the_label_and_change_pose_and_crop(avatars):
+    generator = torch.Generator().manual_seed(1)
+    pool = SetPool(avatars, 6, 3, 24, SetSampling(), generator)
+    before = pool.sets.expression.clone()
+    batch = pool.sample(4, AugmentConfig(), 24)
+    assert batch.crops.shape == (8, 3, 24, 24) and batch.expression.shape == (4, 8)
+    assert torch.equal(batch.expression, before[batch.sets])  # the label is the set's
+    views_a, views_b = batch.crops.chunk(2)
+    assert (views_a - views_b).abs().amax(dim=(1, 2, 3)).min() > 0.1
+    # the same views, augmented twice, differ only by the augmentation
+    plain = pool.sample(4, AugmentConfig(0, 0, 0, 0, 0, 0), 24)
+    assert not torch.equal(plain.crops, pool.sample(4, AugmentConfig(), 24).crops)
+    pool.refresh(2)
+    assert not torch.equal(pool.sets.expression[:2], before[:2])
+    assert torch.equal(pool.sets.expression[2:], before[2:])
+
+
+@pytest.mark.slow
+def test_loss_falls_on_a_tiny_run():
+    config = TrainConfig(preset="tiny", crop_size=32, steps=40, batch_sets=16, lr=3e-3,
+                         warmup_steps=5, identities=4, pool_sets=24, pool_views=3,
+                         refresh_sets=0, output_dir=None, augment=AugmentConfig(5, 0.03, 0.02))
+    result = train_expression_encoder(config, log=None)
+    assert result.steps == 40 and not result.encoder.training
+    losses = [entry["loss"] for entry in result.history]
+    regression = [entry["regression"] for entry in result.history]
+    assert statistics.mean(losses[-8:]) < 0.9 * statistics.mean(losses[:8])
+    assert statistics.mean(regression[-8:]) < statistics.mean(regression[:8])
+
+
+def test_training_writes_a_loadable_encoder_and_a_log(tmp_path):
+    config = TrainConfig(preset="tiny", crop_size=32, steps=3, batch_sets=4, identities=2,
+                         pool_sets=4, pool_views=2, refresh_sets=1, save_every=2,
+                         output_dir=str(tmp_path / "run"))
+    lines: list[str] = []
+    result = train_expression_encoder(config, log=lines.append)
+    loaded = ExpressionEncoder.from_pretrained(tmp_path / "run")
+    crops = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(loaded(crops), result.encoder(crops))
+    assert (tmp_path / "run" / "training.json").is_file() and "trained 3 steps" in lines[-1]
+
+
+def test_recipe_loads_with_overrides_and_rejects_unknown_keys():
+    recipe = REPO / "recipes" / "expression_encoder.yaml"
+    config = config_from_recipe(recipe, ["steps=7", "loss.invariance=2.5", "preset=tiny",
+                                         "crop_size=32"])
+    assert (config.steps, config.loss.invariance, config.preset) == (7, 2.5, "tiny")
+    assert config.encoder_config() == ExpressionEncoderConfig.tiny()
+    assert config_from_recipe(recipe).to_dict()["sampling"]["camera_distance_m"] == (0.3, 1.1)
+    with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
+        config_from_recipe(recipe, ["bogus=1"])
+    with pytest.raises(ValueError, match=r"unknown keys \['augment.spin'\]"):
+        config_from_recipe(recipe, ["augment.spin=1"])
+    with pytest.raises(ValueError, match="batch_sets"):
+        TrainConfig(batch_sets=10, pool_sets=5)
+
+
+def test_probes_on_known_features():
+    generator = torch.Generator().manual_seed(0)
+    for dim, floor in ((6, 0.99), (300, 0.3)):  # primal (D <= N) and dual (D > N) solutions
+        x = torch.randn(200, dim, generator=generator)
+        y = x[:, :3] @ torch.randn(3, 2, generator=generator) + 1
+        probe = RidgeProbe(x[:150], y[:150])
+        assert r2_scores(probe.predict(x[150:]), y[150:]).min() > floor
+    labels = torch.randint(4, (120,), generator=generator)
+    x = 3 * torch.randn(4, 4, generator=generator)[labels] + torch.randn(120, 4, generator=generator)
+    assert classification_accuracy(x[:80], labels[:80], x[80:], labels[80:]) > 0.8
+    group = torch.arange(6).repeat_interleave(4)  # 6 expressions x 4 identities
+    identity = torch.arange(4).repeat(6)
+    features = torch.nn.functional.one_hot(group, 6).float() + 0.01 * torch.randn(24, 6)
+    accuracy, chance = retrieval_accuracy(features, group, identity, torch.arange(24))
+    assert accuracy == 1.0 and abs(chance - 3 / 18) < 1e-6
+    accuracy, _ = retrieval_accuracy(torch.nn.functional.one_hot(identity, 4).float(), group,
+                                     identity, torch.arange(24))
+    assert accuracy < 0.5  # codes that only know the identity cannot retrieve across it
+
+
+def test_evaluation_returns_all_metrics_in_range():
+    probe, test = synthetic_evaluation(32, num_sets=8, views=3, train_identities=4,
+                                       heldout_identities=3)
+    assert len(probe) == len(test) == 24
+    torch.manual_seed(0)
+    encoder = ExpressionEncoder(ExpressionEncoderConfig.tiny()).eval()
+    results = evaluate_sources({"tiny": encoder}, probe, test)
+    assert list(results) == ["tiny", "raw pixels"]
+    for metrics in results.values():
+        assert set(METRICS) <= set(metrics)
+        assert metrics["expression_rmse"] >= 0 and metrics["expression_r2"] <= 1
+        assert 0 <= metrics["identity_accuracy"] <= 1 and 0 < metrics["identity_chance"] <= 1
+        assert metrics["pose_r2"] <= 1 and 0 <= metrics["retrieval"] <= 1
+        assert 0 < metrics["retrieval_chance"] < 1
+    again, _ = synthetic_evaluation(32, num_sets=8, views=3, train_identities=4,
+                                    heldout_identities=3)
+    assert torch.equal(again.crops, probe.crops)  # deterministic
+
+
+def test_evaluation_tool_prints_the_table(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    sys.modules.pop("evaluate_expression", None)
+    import evaluate_expression
+
+    assert evaluate_expression.main(["--random-init", "tiny", "--sets", "6", "--views", "3",
+                                     "--train-identities", "3", "--heldout-identities", "3"]) == 0
+    out = capsys.readouterr().out
+    for key in ("expression_rmse", "identity_accuracy", "pose_r2", "retrieval",
+                "untrained tiny", "raw pixels"):
+        assert key in out
+
+
+@pytest.mark.slow
+def test_evaluation_and_face_boxes_from_a_dataset_folder(tmp_path):
+    from factorportrait.data import load_annotations, read_manifest
+    from factorportrait.data.synthetic import SyntheticConfig, generate_dataset
+    from factorportrait.expression.crop import face_boxes, face_points_from_pose
+    from factorportrait.expression.dataset_eval import annotation_face_boxes, dataset_set
+    from factorportrait.expression.evaluate import evaluate_features, extract, pixel_features
+    from factorportrait.geometry import Cameras
+
+    root = tmp_path / "data"
+    generate_dataset(root, SyntheticConfig(identities=2, heldout=1, frames=5, width=64,
+                                           height=64, kinds=("studio", "viewsweep"),
+                                           studio_views=3, supersample=1, seed=2))
+    record = next(r for r in read_manifest(root) if r.kind == "studio")
+    annotations = load_annotations(record.resolve(root, "annotations"))
+    exact = annotation_face_boxes(annotations, [0, 4])
+    cameras = Cameras(annotations.K[[0, 4]], annotations.c2w[[0, 4]])
+    generic = face_boxes(cameras, face_points_from_pose(annotations.head_rotation[[0, 4]],
+                                                        annotations.head_translation[[0, 4]]))
+    # the generic rigid face lands near the avatar's own face points
+    assert (exact.center - generic.center).norm(dim=1).max() < 0.15 * exact.side.min()
+    probe = dataset_set(root, "train", 32, frames_per_clip=3)
+    test = dataset_set(root, "heldout", 32, frames_per_clip=3)
+    assert len(test) == 4 * 3 and not test.across_identities  # 3 studio views + 1 sweep
+    assert len(torch.unique(test.group)) < len(test)  # studio views share expressions
+    metrics = evaluate_features(extract(pixel_features, probe.crops), probe,
+                                extract(pixel_features, test.crops), test)
+    assert 0 <= metrics["retrieval"] <= 1 and metrics["expression_rmse"] >= 0
