@@ -41,7 +41,7 @@ def per_token_forward(model: FactorPortraitDiT, noisy: torch.Tensor, timestep: t
     frames = noisy.shape[2]
     tokens = model.patch_embedding(noisy, conditions)
     grid = tokens.shape[2:]
-    x = rearrange(tokens, "b d f h w -> b (f h w) d")
+    x = rearrange(tokens, "b d f h w -> b (f h w) d").contiguous()
     per_frame_tokens = grid[1] * grid[2]
     t_frames = model.frame_embeddings(timestep, conditions.expression, frames)
     t_tokens = t_frames.repeat_interleave(per_frame_tokens, dim=1)  # (B, L, D)

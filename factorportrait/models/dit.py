@@ -138,7 +138,7 @@ class FactorPortraitDiT(nn.Module):
         dtype = self.time_embedding[0].weight.dtype
         tokens = self.patch_embedding(noisy_latents.to(dtype), conditions)  # (B,D,1+F,h',w')
         grid = tokens.shape[2:]
-        x = rearrange(tokens, "b d f h w -> b f (h w) d")  # (B, 1+F, S, D)
+        x = rearrange(tokens, "b d f h w -> b f (h w) d").contiguous()  # (B, 1+F, S, D)
         t_frames = self.frame_embeddings(timestep, conditions.expression, frames)
         frame_modulation = self.time_projection(t_frames).unflatten(2, (6, self.config.dim))
         context = self.embed_context(conditions.context, batch)
