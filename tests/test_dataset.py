@@ -231,3 +231,17 @@ def test_invalid_arguments_are_named(root):
     with pytest.raises(ValueError, match="no clips"):  # every clip is shorter than 21 frames
         PortraitClipDataset(root, 21)
     assert len(PortraitClipDataset(root, 17)) == 5
+
+
+@pytest.mark.slow
+def test_curriculum_frame_counts_give_design_shapes(tmp_path, vae):
+    """The paper's 13 / 25 / 49 / 81-frame windows (Table 1) from one 81-frame clip."""
+    add_clip(tmp_path, "long", frames=81, seed=9)
+    for frames in (13, 25, 49, 81):
+        sample = PortraitClipDataset(tmp_path, frames, size=(32, 32))[0]
+        latent_frames = (frames - 1) // 4 + 1
+        assert sample["video"].shape == sample["normals"].shape == (3, frames, 32, 32)
+        item = to_training_sample(sample, vae)
+        assert item["latents"].shape == item["normal_latents"].shape == (16, latent_frames, 4, 4)
+        assert item["rays"].shape == (24, 1 + latent_frames, 4, 4)
+        assert item["expression"].shape == (frames, 128)
