@@ -185,7 +185,7 @@ def test_corrupt_or_foreign_annotation_files_name_the_file(tmp_path):
     save_annotations(path, annotations())
     data = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="cut.safetensors are unreadable"):
+    with pytest.raises(ValueError, match="cut.safetensors is unreadable"):
         load_annotations(tmp_path / "cut.safetensors")
     save_file({"K": torch.eye(3)[None]}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(ValueError, match="plain.safetensors: missing or malformed"):

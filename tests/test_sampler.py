@@ -6,20 +6,12 @@ import torch
 from factorportrait import DiTConfig, FactorPortraitDiT, PortraitConditions
 from factorportrait.diffusion import Guidance, flow_sigmas, guidance_weights, sample
 from tests.conftest import make_conditions
+from tests.pipeline_helpers import tiny_dit
 
 
 @pytest.fixture(scope="module")
 def live_model() -> FactorPortraitDiT:
-    """The tiny DiT with its zero-initialised condition paths made live."""
-    torch.manual_seed(0)
-    model = FactorPortraitDiT(DiTConfig.tiny()).eval()
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        extra = model.patch_embedding.weight[:, model.config.latent_channels:]
-        extra.copy_(torch.randn(extra.shape, generator=g) * 0.05)
-        for param in model.expression_controller.output.parameters():
-            param.copy_(torch.randn(param.shape, generator=g) * 0.05)
-    return model
+    return tiny_dit()
 
 
 @pytest.fixture

@@ -19,16 +19,15 @@ Metadata (the safetensors header's ``"factorportrait"`` entry, a JSON string): `
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 
 from factorportrait.data.format import KINDS
-from factorportrait.io.atomic import PathLike, atomic_write_bytes
+from factorportrait.io.atomic import PathLike
+from factorportrait.io.tagged import read_tagged, write_tagged
 
 ANNOTATION_FORMAT = "factorportrait.annotations"
 ANNOTATION_VERSION = 1
@@ -148,16 +147,13 @@ def _check_tensor(name: str, value: object, frames: int | None,
 
 def save_annotations(path: PathLike, annotations: ClipAnnotations) -> None:
     """Write ``annotations`` to a ``.safetensors`` file atomically (metadata as JSON)."""
-    from safetensors.torch import save
-
     if not isinstance(annotations, ClipAnnotations):
         raise ValueError(f"save_annotations {path}: expected ClipAnnotations, got "
                          f"{type(annotations).__name__}")
     meta = {"format": ANNOTATION_FORMAT, "version": ANNOTATION_VERSION,
             "width": annotations.width, "height": annotations.height, "fps": annotations.fps,
             "kind": annotations.kind, "expression_names": list(annotations.expression_names)}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in annotations.tensors().items()}
-    atomic_write_bytes(path, save(tensors, metadata={"factorportrait": json.dumps(meta)}))
+    write_tagged(path, annotations.tensors(), meta)
 
 
 def load_annotations(path: PathLike) -> ClipAnnotations:
@@ -169,7 +165,7 @@ def load_annotations(path: PathLike) -> ClipAnnotations:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotations {path} do not exist")
-    meta, tensors = _read_safetensors(path)
+    meta, tensors = read_tagged(path, "annotations", ANNOTATION_FORMAT, ANNOTATION_VERSION)
     known = {*PER_FRAME, "betas"}
     unknown = sorted(k for k in tensors if k not in known and not k.startswith(MESH_PREFIX))
     if unknown:
@@ -183,25 +179,3 @@ def load_annotations(path: PathLike) -> ClipAnnotations:
             kind=meta.get("kind"), expression_names=tuple(meta.get("expression_names", ())))
     except (TypeError, ValueError) as err:
         raise ValueError(f"annotations {path}: {err}") from err
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as err:  # SafetensorError, OSError: truncated or not safetensors
-        raise ValueError(f"annotations {path} are unreadable (truncated or not safetensors?): "
-                         f"{err}") from err
-    try:
-        meta = json.loads(header["factorportrait"])
-        assert isinstance(meta, dict) and meta.get("format") == ANNOTATION_FORMAT
-    except (KeyError, json.JSONDecodeError, AssertionError) as err:
-        raise ValueError(f"annotations {path}: missing or malformed 'factorportrait' metadata "
-                         f"(format {ANNOTATION_FORMAT!r})") from err
-    if meta.get("version") != ANNOTATION_VERSION:
-        raise ValueError(f"annotations {path}: format version {meta.get('version')!r}, this "
-                         f"library reads version {ANNOTATION_VERSION}")
-    return meta, tensors

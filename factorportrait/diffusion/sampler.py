@@ -85,7 +85,7 @@ def predict_branches(model: VelocityModel, latents: torch.Tensor, sigma: float,
     return dict(zip(branches, velocity.chunk(count, dim=0)))
 
 
-def _resolve_guidance(guidance: Guidance | str | None) -> Guidance:
+def resolve_guidance(guidance: Guidance | str | None) -> Guidance:
     if guidance is None:
         return Guidance(mode="none")
     if isinstance(guidance, str):
@@ -96,7 +96,7 @@ def _resolve_guidance(guidance: Guidance | str | None) -> Guidance:
     return guidance
 
 
-def _effective_weights(weights: Mapping[str, float], conditions: PortraitConditions
+def effective_weights(weights: Mapping[str, float], conditions: PortraitConditions
                        ) -> dict[str, float]:
     """Without expression codes the ``no_expression`` branch *is* ``full``: merge them."""
     merged = dict(weights)
@@ -149,13 +149,13 @@ def sample(model: VelocityModel, conditions: PortraitConditions, *,
     Returns:
         ``(B, 16, F_lat, h, w)`` float32 denoised latents.
     """
-    schedule = _resolve_guidance(guidance).schedule(num_steps)
+    schedule = resolve_guidance(guidance).schedule(num_steps)
     sigmas = flow_sigmas(num_steps, shift).tolist()
     latents = initial_noise(conditions, generator, noise)
     variants: dict[str, PortraitConditions] = {}
     batched_cache: dict = {}
     for step in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
-        weights = _effective_weights(step.weights, conditions)
+        weights = effective_weights(step.weights, conditions)
         for name in weights:
             if name not in variants:
                 variants[name] = branch_conditions(conditions, name)

@@ -24,7 +24,6 @@ Metadata, the safetensors header's ``"factorportrait"`` entry (a JSON string)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ import torch
 from torch import Tensor
 
 from factorportrait.geometry.cameras import Cameras
-from factorportrait.io.atomic import PathLike, atomic_write_bytes
+from factorportrait.io.atomic import PathLike
+from factorportrait.io.tagged import read_tagged, write_tagged
 
 TRACK_FORMAT = "factorportrait.control_track"
 TRACK_VERSION = 1
@@ -202,17 +202,13 @@ def _check_field(name: str, value: object, frames: int,
 
 def save_control_track(track: ControlTrack, path: PathLike) -> None:
     """Write ``track`` to a ``.safetensors`` file atomically (format: module docstring)."""
-    from safetensors.torch import save
-
     path = Path(path)
     if not isinstance(track, ControlTrack):
         raise ValueError(f"save_control_track {path}: expected a ControlTrack, got "
                          f"{type(track).__name__}")
     if path.suffix != ".safetensors":
         raise ValueError(f"save_control_track: {path} must end in .safetensors")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in track.tensors().items()}
-    data = save(tensors, metadata={"factorportrait": json.dumps(track.metadata())})
-    atomic_write_bytes(path, data)
+    write_tagged(path, track.tensors(), track.metadata())
 
 
 def load_control_track(path: PathLike) -> ControlTrack:
@@ -221,7 +217,7 @@ def load_control_track(path: PathLike) -> ControlTrack:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"control track {path} does not exist")
-    meta, tensors = _read(path)
+    meta, tensors = read_tagged(path, "control track", TRACK_FORMAT, TRACK_VERSION)
     known = {*PER_FRAME, "K", "c2w"}
     unknown = sorted(set(tensors) - known)
     if unknown:
@@ -241,25 +237,3 @@ def load_control_track(path: PathLike) -> ControlTrack:
         raise ValueError(f"control track {path}: metadata says {meta.get('num_frames')} frames, "
                          f"the tensors have {track.num_frames}")
     return track
-
-
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as err:  # SafetensorError, OSError: truncated or not safetensors
-        raise ValueError(f"control track {path} is unreadable (truncated or not "
-                         f"safetensors?): {err}") from err
-    try:
-        meta = json.loads(header["factorportrait"])
-        assert isinstance(meta, dict) and meta.get("format") == TRACK_FORMAT
-    except (KeyError, json.JSONDecodeError, AssertionError) as err:
-        raise ValueError(f"control track {path}: missing or malformed 'factorportrait' "
-                         f"metadata (format {TRACK_FORMAT!r}); is it a control track?") from err
-    if meta.get("version") != TRACK_VERSION:
-        raise ValueError(f"control track {path}: format version {meta.get('version')!r}, this "
-                         f"library reads version {TRACK_VERSION}")
-    return meta, tensors

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from factorportrait.diffusion.flow_matching import DEFAULT_SHIFT, VelocityModel
 from factorportrait.diffusion.guidance import Guidance, branch_conditions, combine
-from factorportrait.diffusion.sampler import flow_sigmas, initial_noise, predict_branches
+from factorportrait.diffusion.sampler import (effective_weights, flow_sigmas, initial_noise,
+                                              predict_branches, resolve_guidance)
 from factorportrait.models.conditions import PortraitConditions
 
 TEMPORAL_STRIDE = 4  # video frames per latent frame (after the first)
@@ -117,21 +118,6 @@ def window_conditions(conditions: PortraitConditions, window: LatentWindow
         else conditions.expression[:, first:last + 1])
 
 
-def _guidance(guidance: Guidance | str | None) -> Guidance:
-    if guidance is None:
-        return Guidance(mode="none")
-    return Guidance(mode=guidance) if isinstance(guidance, str) else guidance
-
-
-def _branch_weights(weights: dict[str, float], conditions: PortraitConditions
-                    ) -> dict[str, float]:
-    """Non-zero branch weights; without codes ``no_expression`` is ``full`` (as ``sample``)."""
-    merged = dict(weights)
-    if conditions.expression is None and "no_expression" in merged:
-        merged["full"] = merged.get("full", 0.0) + merged.pop("no_expression")
-    return {name: weight for name, weight in merged.items() if weight != 0.0}
-
-
 @torch.no_grad()
 def sample_windows(model: VelocityModel, conditions: PortraitConditions,
                    windows: list[LatentWindow], *, noise: Optional[Tensor] = None,
@@ -145,14 +131,14 @@ def sample_windows(model: VelocityModel, conditions: PortraitConditions,
     window covering the video the result equals ``sample`` exactly.
     Returns ``(B, 16, L, h, w)`` float32 latents.
     """
-    schedule = _guidance(guidance).schedule(num_steps)
+    schedule = resolve_guidance(guidance).schedule(num_steps)
     sigmas = flow_sigmas(num_steps, shift).tolist()
     latents = initial_noise(conditions, generator, noise)  # (B, 16, L, h, w)
     sliced = [window_conditions(conditions, window) for window in windows]
     variants: list[dict[str, PortraitConditions]] = [{} for _ in windows]
     caches: list[dict] = [{} for _ in windows]
     for step in tqdm(schedule, desc="sampling", disable=not progress, leave=False):
-        weights = _branch_weights(step.weights, conditions)
+        weights = effective_weights(step.weights, conditions)
         sigma = sigmas[step.step]
         velocity = torch.zeros_like(latents) if len(windows) > 1 else None
         for window, window_cond, variant, cache in zip(windows, sliced, variants, caches):
