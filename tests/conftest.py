@@ -35,6 +35,25 @@ def make_conditions(config: DiTConfig, batch: int = 2, frames: int = 3, height: 
     return noisy, conditions
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: small renders, tiny VAEs and small networks are
+    call-overhead bound, and on shared cores extra threads only wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vae(one_thread):
+    """A tiny random Wan VAE (width 8, seed 0)."""
+    from factorportrait.models.vae import VAEConfig, WanVAE
+
+    torch.manual_seed(0)
+    return WanVAE(VAEConfig.small(dim=8))
+
+
 @pytest.fixture
 def tiny_config() -> DiTConfig:
     return DiTConfig.tiny()

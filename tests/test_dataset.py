@@ -21,29 +21,14 @@ from factorportrait.data import (
     to_training_sample,
 )
 from factorportrait.geometry import Cameras, plucker_rays
-from factorportrait.models.vae import VAEConfig, WanVAE
 from tests.tiny_dataset import add_clip, make_dataset, orbit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("portraits"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny VAE's convolutions are call-overhead bound: one thread is as fast, and avoids
-    OpenMP spin-waiting (10-50x slower) when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def vae(one_thread):
-    torch.manual_seed(0)
-    return WanVAE(VAEConfig.small(dim=8))
 
 
 def annotation(root, clip_id):

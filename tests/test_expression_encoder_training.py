@@ -26,16 +26,9 @@ from factorportrait.expression.train import (
 )
 from factorportrait.models.expression_encoder import ExpressionEncoder, ExpressionEncoderConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small renders and networks: one thread is fastest on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -27,25 +27,11 @@ from factorportrait.data import clip as clip_module
 from factorportrait.models.vae import VAEConfig, WanVAE
 from tests.tiny_dataset import make_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPEC = {"num_frames": 5, "window_step": 4, "reference_count": 3}
 REPO = Path(__file__).resolve().parents[1]
 COMPARED = ("latents", "reference_latent", "normal_latents", "rays", "expression")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny VAE's convolutions are call-overhead bound: one thread is as fast, and avoids
-    OpenMP spin-waiting (10-50x slower) when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def vae(one_thread):
-    torch.manual_seed(0)
-    return WanVAE(VAEConfig.small(dim=8))
 
 
 @pytest.fixture(scope="module")

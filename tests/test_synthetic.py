@@ -31,22 +31,14 @@ from factorportrait.data.synthetic import (
 )
 from factorportrait.io import read_video, video_info
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "make_synthetic.py"
 CLI_ARGS = ["--identities", "2", "--heldout", "1", "--frames", "9", "--size", "64",
             "--studio-views", "2", "--seed", "3"]
 CONFIG = SyntheticConfig(identities=2, heldout=1, frames=9, width=64, height=64,
                          studio_views=2, seed=3)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Render on one thread, as the CLI runs below (``--threads 1``): small images gain
-    nothing from more, and on shared cores extra threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,6 @@ import torch.nn.functional as F
 from factorportrait.models.vae import VAEConfig, WanVAE, _tiled
 
 
-@pytest.fixture(scope="module")
-def vae():
-    torch.manual_seed(0)
-    return WanVAE(VAEConfig.small(dim=8))
-
-
 def test_encode_decode_shapes_follow_wan_compression(vae):
     video = torch.rand(1, 3, 9, 32, 48) * 2 - 1
     latents = vae.encode(video)
