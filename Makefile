@@ -1,4 +1,5 @@
 # Two commands: `make demo` (the main job) and `make test` (the test suite).
+# `make demo-train` retrains the demo model that `make demo` renders (checkpoints/demo/).
 # Each creates/updates the local virtual environment in .venv first.
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +14,7 @@ export OMP_NUM_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast benchmark clean
+.PHONY: setup demo demo-train test test-fast benchmark clean
 
 setup: $(STAMP)
 
@@ -28,7 +29,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/benchmark.py dit
+	$(PY) tools/demo.py render
+
+demo-train: $(STAMP)
+	$(PY) tools/demo.py train
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -5,6 +5,10 @@ a smaller width, trained by this loop: posterior sample → decode → L1 recons
 KL term, alternating RGB and normal-map windows. After training, the per-channel latent mean
 and std over the training clips are measured and stored in the VAE's config, so its
 normalised latents have zero mean and unit variance like Wan's.
+
+``log_var_init`` starts the posterior's log-variance bias at -8: from the default 0 the decoder
+first sees latents drowned in unit-variance noise and spends its first steps learning to switch
+that noise off (60 steps at width 8: L1 0.223 with -8 against 0.268 without).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class VAETrainConfig:
     seed: int = 0
     log_every: int = 50
     stats_batches: int = 16
+    log_var_init: float | None = -8.0
 
     def __post_init__(self) -> None:
         if (self.frames - 1) % 4 or self.frames < 1:
@@ -127,6 +132,9 @@ def train_vae(config: VAETrainConfig) -> WanVAE:
                                   split="train", seed=config.seed)
     vae = WanVAE(VAEConfig.small(config.dim))
     vae.model.requires_grad_(True).train()
+    if config.log_var_init is not None:
+        with torch.no_grad():  # start with a near-deterministic posterior (see module doc)
+            vae.model.conv1.bias[vae.model.conv1.bias.shape[0] // 2:] = config.log_var_init
     optimizer = torch.optim.AdamW(vae.model.parameters(), lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / config.steps, 1.0))))
