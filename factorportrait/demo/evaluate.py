@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -50,8 +50,8 @@ def to_unit(frames: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def clip_conditions(pipeline, clip: HeldoutClip, reference: int, *, freeze_pose: bool = False,
-                    drop_expression: bool = False) -> PortraitConditions:
+def clip_conditions(pipeline, clip: HeldoutClip, reference: int, *, freeze_pose: bool = False
+                    ) -> PortraitConditions:
     """The DiT conditions of ``clip`` generated from its frame ``reference``."""
     vae, frames = pipeline.vae, len(clip)
     size = clip.rgb.shape[1]
@@ -60,8 +60,6 @@ def clip_conditions(pipeline, clip: HeldoutClip, reference: int, *, freeze_pose:
     normal_latents = vae.encode(to_unit(normals).permute(1, 0, 2, 3)[None])
     reference_latent = vae.encode_image(to_unit(clip.rgb[[reference]]))
     codes = clip.track.expression_codes.float()
-    if drop_expression:
-        codes = torch.zeros_like(codes)
     rays = dit_rays(clip.cameras[[reference]], cameras, size, size)
     return PortraitConditions(reference_latent=reference_latent, normal_latents=normal_latents,
                               rays=rays[None], expression=codes[None]).to(pipeline.device)
@@ -84,13 +82,14 @@ def evaluate_clip(pipeline, clip: HeldoutClip, settings: SampleSettings
     """Metrics of every row (module docstring) on one clip, over every frame but the
     reference (frame 0), and the videos behind them."""
     reference = 0
+    full = clip_conditions(pipeline, clip, reference)
     videos = {
-        ROWS[0]: generate(pipeline, clip_conditions(pipeline, clip, reference), settings),
+        ROWS[0]: generate(pipeline, full, settings),
         ROWS[1]: clip.rgb[[reference] * len(clip)],
         ROWS[2]: generate(pipeline, clip_conditions(pipeline, clip, reference,
                                                     freeze_pose=True), settings),
-        ROWS[3]: generate(pipeline, clip_conditions(pipeline, clip, reference,
-                                                    drop_expression=True), settings),
+        ROWS[3]: generate(pipeline, replace(full, expression=torch.zeros_like(full.expression)),
+                          settings),
     }
     with torch.no_grad():
         latents = pipeline.vae.encode(to_unit(clip.rgb).permute(1, 0, 2, 3)[None])
@@ -100,21 +99,25 @@ def evaluate_clip(pipeline, clip: HeldoutClip, settings: SampleSettings
             for row, video in videos.items()}, videos
 
 
-def metric_table(pipeline, clips: list[HeldoutClip], settings: SampleSettings) -> dict:
-    """Mean PSNR / SSIM per row over ``clips`` (and per clip)."""
-    per_clip = {}
+def metric_table(pipeline, clips: list[HeldoutClip], settings: SampleSettings
+                 ) -> tuple[dict, dict[str, Tensor]]:
+    """Mean PSNR / SSIM per row over ``clips`` (and per clip), and the first clip's videos
+    (for the contact sheet)."""
+    per_clip, first_videos = {}, {}
     for clip in clips:
-        metrics, _ = evaluate_clip(pipeline, clip, settings)
+        metrics, videos = evaluate_clip(pipeline, clip, settings)
+        first_videos = first_videos or videos
         per_clip[clip.id] = {row: {"psnr": p, "ssim": s} for row, (p, s) in metrics.items()}
         LOG.info("%s: model %.2f dB, reference %.2f dB", clip.id, metrics[ROWS[0]][0],
                  metrics[ROWS[1]][0])
     mean = {row: {key: sum(c[row][key] for c in per_clip.values()) / len(per_clip)
                   for key in ("psnr", "ssim")} for row in ROWS}
     model = mean[ROWS[0]]["psnr"]
-    return {"clips": len(clips), "frames": len(clips[0]), "steps": settings.steps,
-            "guidance": None if settings.guidance is None else settings.guidance.mode,
-            "mean": mean, "per_clip": per_clip,
-            "model_beats": {row: model > mean[row]["psnr"] for row in ROWS[1:4]}}
+    table = {"clips": len(clips), "frames": len(clips[0]), "steps": settings.steps,
+             "guidance": None if settings.guidance is None else settings.guidance.mode,
+             "mean": mean, "per_clip": per_clip,
+             "model_beats": {row: model > mean[row]["psnr"] for row in ROWS[1:4]}}
+    return table, first_videos
 
 
 def format_table(table: dict) -> str:

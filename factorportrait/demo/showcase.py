@@ -28,7 +28,6 @@ from factorportrait.demo.config import checkpoint_dir, work_dir
 from factorportrait.demo.evaluate import (
     ROWS,
     SampleSettings,
-    evaluate_clip,
     format_table,
     metric_table,
     write_json,
@@ -125,9 +124,9 @@ def render_showcase(pipeline, encoder, config: DictConfig, settings: SampleSetti
         condition_row = (driving.rgb if mode == "expression_only"
                          else (normals.permute(0, 2, 3, 1) * 255).round().byte())
         label = "driver (codes)" if mode == "expression_only" else "normal maps"
-        blocks.append((title, [(label, condition_row), ("generated", video)]))
+        blocks.append((title, [(label, condition_row), ("generated", video)], source.rgb[index]))
         LOG.info("%s: %s (%.1f s)", title, request.output_path, time.perf_counter() - start)
-    return [(t, rows, source.rgb[index]) for t, rows in blocks]
+    return blocks
 
 
 def evaluation_clips(config: DictConfig, encoder, count: int, frames: int
@@ -199,14 +198,13 @@ def run_demo(config: DictConfig, args: argparse.Namespace) -> int:
     if args.command == "render":
         blocks = render_showcase(pipeline, encoder, config, settings, out)
     clips = evaluation_clips(config, encoder, count, frames)
-    table = metric_table(pipeline, clips, settings)
+    table, videos = metric_table(pipeline, clips, settings)
     table["seconds"] = round(time.perf_counter() - started, 1)
     print(format_table(table))
     write_json(out / "metrics.json", table)
     if args.json:
         write_json(args.json, table)
     if args.command == "render":
-        _, videos = evaluate_clip(pipeline, clips[0], settings)
         normals = clips[0].normals
         reference = clips[0].rgb[0]
         blocks.append((f"held-out DynamicSweep {clips[0].id}", [
