@@ -2,6 +2,7 @@
 checkpoints rendering, the metric-table command on a reduced set, and a miniature
 ``demo-train`` run through every step (resumable)."""
 
+import hashlib
 import json
 import math
 import subprocess
@@ -118,8 +119,11 @@ def test_demo_train_runs_every_step_and_resumes(tmp_path, one_thread):
         f"output_dir={tmp_path / 'work'}", f"checkpoints={tmp_path / 'ckpt'}", "threads=1",
         "size=32", "data.identities=3", "data.heldout=1", "data.frames=9", "data.size=32",
         "data.workers=1", "vae.steps=2", "vae.batch_size=1",
+        "vae.continue_with.frames=9", "vae.continue_with.steps=1",
+        "vae.continue_with.batch_size=1", "vae.continue_with.warmup_steps=1",
         ("expression_encoder=[steps=2,preset=tiny,crop_size=32,pool_sets=4,batch_sets=2,"
-         "pool_views=2,identities=2,time_limit_minutes=null,threads=1,log_every=1]"),
+         "pool_views=2,identities=2,time_limit_minutes=null,threads=1,log_every=1,"
+         "projection.sets=8,projection.views=2]"),
         "dit.global_batch_size=2", "dit.reference_count=2", "dit.warmup_steps=1",
         *[f"dit.stages.stage{i}.frames=5" for i in range(1, 5)],
         *[f"dit.stages.stage{i}.steps=2" for i in range(1, 5)],
@@ -151,4 +155,13 @@ def test_demo_train_runs_every_step_and_resumes(tmp_path, one_thread):
     assert changed == {"vae.safetensors", "model.safetensors"}
     record = json.loads((shipped / "demo.json").read_text())
     assert record["invocations"] == ["test", "test vae.steps=3"]
+    # both VAE phases ran again, the second from the retrained first phase's weights
+    vae_work = tmp_path / "work" / "vae"
+    phases = [json.loads((folder / "phase.json").read_text())["inputs"]
+              for folder in (vae_work, vae_work / "continued")]
+    assert phases[0]["config"]["steps"] == 3 and phases[0]["init"] is None
+    assert phases[1]["init"] == hashlib.sha256(
+        (vae_work / "vae.safetensors").read_bytes()).hexdigest()
+    assert (shipped / "vae.safetensors").read_bytes() == (
+        vae_work / "continued" / "vae.safetensors").read_bytes()
     assert OmegaConf.to_container(config)["size"] == 32

@@ -18,6 +18,11 @@ from factorportrait.expression.probes import (
     r2_scores,
     retrieval_accuracy,
 )
+from factorportrait.expression.projection import (
+    ProjectionConfig,
+    discriminant_projection,
+    project_encoder,
+)
 from factorportrait.expression.sets import AvatarPool, SetSampling, identity_seeds, render_sets
 from factorportrait.expression.train import (
     TrainConfig,
@@ -75,10 +80,27 @@ def test_pair_batches_keep_the_label_and_change_pose_and_crop(avatars):
 
 
 @pytest.mark.slow
+def test_per_dimension_invariance_is_the_between_view_share_of_variance():
+    from factorportrait.expression.losses import invariance_share
+
+    torch.manual_seed(0)
+    a = torch.randn(4096, 3)
+    assert invariance_share(a, a).item() == 0.0
+    b = torch.randn(4096, 3)  # unrelated views: half the pooled variance is between views
+    assert invariance_share(a, b).item() == pytest.approx(1.0, abs=0.05)
+    noisy = a + 0.5 * torch.randn(4096, 3)  # within variance 0.25 / 2 over total 1.125
+    assert invariance_share(a, noisy).item() == pytest.approx(0.125 / 1.125, abs=0.01)
+    assert invariance_share(10 * a, 10 * noisy).item() == pytest.approx(
+        invariance_share(a, noisy).item(), rel=1e-3)  # scale-free: shrinking cannot meet it
+    constant = torch.zeros(8, 3)
+    assert invariance_share(constant, constant).item() == 0.0
+
+
 def test_loss_falls_on_a_tiny_run():
     config = TrainConfig(preset="tiny", crop_size=32, steps=40, batch_sets=16, lr=3e-3,
                          warmup_steps=5, identities=4, pool_sets=24, pool_views=3,
-                         refresh_sets=0, output_dir=None, augment=AugmentConfig(5, 0.03, 0.02))
+                         refresh_sets=0, output_dir=None, augment=AugmentConfig(5, 0.03, 0.02),
+                         projection=ProjectionConfig(dim=0))
     result = train_expression_encoder(config, log=None)
     assert result.steps == 40 and not result.encoder.training
     losses = [entry["loss"] for entry in result.history]
@@ -90,13 +112,70 @@ def test_loss_falls_on_a_tiny_run():
 def test_training_writes_a_loadable_encoder_and_a_log(tmp_path):
     config = TrainConfig(preset="tiny", crop_size=32, steps=3, batch_sets=4, identities=2,
                          pool_sets=4, pool_views=2, refresh_sets=1, save_every=2,
-                         output_dir=str(tmp_path / "run"))
+                         output_dir=str(tmp_path / "run"),
+                         projection=ProjectionConfig(dim=3, sets=12, views=2))
     lines: list[str] = []
     result = train_expression_encoder(config, log=lines.append)
     loaded = ExpressionEncoder.from_pretrained(tmp_path / "run")
     crops = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(loaded(crops), result.encoder(crops))
     assert (tmp_path / "run" / "training.json").is_file() and "trained 3 steps" in lines[-1]
+    assert "onto 3 expression-discriminant directions" in lines[-2]
+    assert loaded.config.code_rank == 3 and loaded(crops).shape == (2, 128)
+    assert torch.all(loaded(crops)[:, 3:] == 0)
+
+
+def _grouped_codes(groups: int = 400, views: int = 4, seed: int = 0):
+    """Codes (N, 5): dim 0 the group's expression, dim 1 an identity offset as large, dim 2
+    the expression plus view noise, dims 3-4 noise; returns codes, group, expression."""
+    generator = torch.Generator().manual_seed(seed)
+    expression = torch.randn(groups, generator=generator).repeat_interleave(views)
+    nuisance = torch.randn(groups * views, generator=generator)
+    codes = torch.stack([expression, nuisance, expression + 0.3 * nuisance,
+                         *torch.randn(2, groups * views, generator=generator)], 1)
+    return codes, torch.arange(groups).repeat_interleave(views), expression
+
+
+def test_discriminant_projection_keeps_the_expression_and_drops_the_rest():
+    codes, group, expression = _grouped_codes()
+    projection = discriminant_projection(codes, group, dim=1)
+    kept = projection(codes)[:, 0]
+    assert abs(torch.corrcoef(torch.stack([kept, expression]))[0, 1]) > 0.999
+    assert abs(torch.corrcoef(torch.stack([kept, codes[:, 1]]))[0, 1]) < 0.05
+    assert kept.var().item() == pytest.approx(1.0, abs=0.01)  # unit variance on the fit set
+    assert kept.mean().abs().item() < 1e-5
+    assert projection.ratios[0] > 100  # between / within of an (almost) noiseless expression
+    with pytest.raises(ValueError, match="dim must be in 1..5"):
+        discriminant_projection(codes, group, dim=6)
+    with pytest.raises(ValueError, match="several groups"):
+        discriminant_projection(codes, torch.arange(len(codes)), dim=1)
+
+
+def test_projection_folds_into_the_encoder_and_refits_the_head(tmp_path):
+    torch.manual_seed(0)
+    encoder = ExpressionEncoder(ExpressionEncoderConfig.tiny()).eval()
+    crops = torch.rand(40, 3, 32, 32) * 2 - 1
+    group = torch.arange(20).repeat_interleave(2)
+    expression = torch.rand(40, 8)
+    projected, projection = project_encoder(encoder, crops, group, expression, dim=4)
+    with torch.no_grad():
+        expected = projection(encoder(crops))
+        codes = projected(crops)
+    assert projected.config.code_rank == 4 and encoder.config.code_rank is None
+    assert torch.allclose(codes[:, :4], expected, atol=1e-5)
+    assert torch.all(codes[:, 4:] == 0)
+    design = torch.cat([expected.double(), torch.ones(40, 1, dtype=torch.float64)], 1)
+    least_squares = design @ torch.linalg.lstsq(design, expression.double()).solution
+    with torch.no_grad():
+        assert torch.allclose(projected.predict_parameters(codes).double(), least_squares,
+                              atol=1e-4)
+    projected.save_pretrained(tmp_path)
+    loaded = ExpressionEncoder.from_pretrained(tmp_path)
+    assert loaded.config.code_rank == 4 and torch.equal(loaded(crops), codes)
+    with pytest.raises(ValueError, match="code_rank must be None or in 1..128"):
+        ExpressionEncoderConfig.tiny().__class__(code_rank=0)
+    with pytest.raises(ValueError, match="projection.dim must be >= 0"):
+        ProjectionConfig(dim=-1)
 
 
 def test_recipe_loads_with_overrides_and_rejects_unknown_keys():

@@ -60,27 +60,68 @@ def step_data(config: DictConfig) -> None:
     LOG.info("%s", report.summary())
 
 
-def step_vae(config: DictConfig) -> None:
-    from factorportrait.training.vae import VAETrainConfig, train_vae
+def vae_phases(config: DictConfig) -> list:
+    """The VAE's ``VAETrainConfig`` phases: the ``vae`` section, then (unless null) the same
+    with ``vae.continue_with``'s keys, trained from the first phase's weights."""
+    from factorportrait.training.vae import VAETrainConfig
 
-    folder = work_dir(config) / "vae"
-    train_vae(VAETrainConfig(root=str(data_root(config)), output_dir=str(folder),
-                             size=config.size, **OmegaConf.to_container(config.vae)))
-    _copy(folder, checkpoint_dir(config), VAE_FILES)
+    settings = OmegaConf.to_container(config.vae)
+    then = settings.pop("continue_with", None)
+    first = VAETrainConfig(root=str(data_root(config)), output_dir=str(work_dir(config) / "vae"),
+                           size=config.size, **settings)
+    if not then:
+        return [first]
+    return [first, replace(first, **{**settings, **then},
+                           output_dir=str(work_dir(config) / "vae" / "continued"),
+                           init_from=first.output_dir)]
+
+
+def step_vae(config: DictConfig) -> float:
+    """Train the VAE phases (:func:`vae_phases`); returns their seconds, kept phases included."""
+    from dataclasses import asdict
+
+    from factorportrait.training.vae import train_vae
+
+    seconds = 0.0
+    for phase in vae_phases(config):
+        # a finished phase is kept when its settings and starting weights are unchanged
+        inputs = {"config": asdict(phase), "init": None if phase.init_from is None else
+                  _sha256(Path(phase.init_from) / VAE_FILES[1])}
+        path = Path(phase.output_dir) / "phase.json"
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        if record.get("inputs") == inputs:
+            LOG.info("demo step vae: %s done already, skipped", phase.output_dir)
+        else:
+            path.unlink(missing_ok=True)
+            start = time.perf_counter()
+            train_vae(phase)
+            record = {"inputs": inputs, "seconds": round(time.perf_counter() - start, 1)}
+            atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+        seconds += record["seconds"]
+    _copy(Path(phase.output_dir), checkpoint_dir(config), VAE_FILES)
+    return seconds
+
+
+def expression_training_config(config: DictConfig):
+    """The expression encoder's ``TrainConfig``: ``recipes/expression_encoder.yaml`` with the
+    demo's overrides, written to ``<output_dir>/expression_encoder``."""
+    from factorportrait.expression.train import config_from_recipe
+
+    folder = work_dir(config) / "expression_encoder"
+    return config_from_recipe(REPO / "recipes" / "expression_encoder.yaml",
+                              [*config.expression_encoder, f"output_dir={folder}"])
 
 
 def step_encoder(config: DictConfig) -> None:
-    from factorportrait.expression.train import config_from_recipe, train_expression_encoder
+    from factorportrait.expression.train import train_expression_encoder
 
-    folder = work_dir(config) / "expression_encoder"
-    recipe = REPO / "recipes" / "expression_encoder.yaml"
-    encoder_config = config_from_recipe(recipe, [*config.expression_encoder,
-                                                 f"output_dir={folder}"])
+    settings = expression_training_config(config)
+    folder = Path(settings.output_dir)
     threads = torch.get_num_threads()
-    if encoder_config.threads is not None:
-        torch.set_num_threads(encoder_config.threads)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     try:
-        train_expression_encoder(encoder_config, log=LOG.info)
+        train_expression_encoder(settings, log=LOG.info)
     finally:
         torch.set_num_threads(threads)
     _copy(folder, checkpoint_dir(config), ENCODER_FILES)
@@ -199,8 +240,10 @@ def step_inputs(config: DictConfig, name: str) -> dict:
     recipe = OmegaConf.to_container(config)
     if name == "vae":
         return {"vae": recipe["vae"], "size": config.size, "data": recipe["data"]}
-    if name == "encoder":
-        return {"expression_encoder": recipe["expression_encoder"]}
+    if name == "encoder":  # the resolved training config: the base recipe counts too
+        settings = expression_training_config(config).to_dict()
+        settings.pop("output_dir")
+        return {"expression_encoder": settings}
     if name == "codes":
         return {"encoder": _sha256(checkpoint_dir(config) / ENCODER_FILES[1]),
                 "data": recipe["data"]}
@@ -274,9 +317,9 @@ def _train_steps(config: DictConfig, command: str, until: str | None,
         else:
             LOG.info("demo step %s ...", name)
             start = time.perf_counter()
-            runners[name](config)
+            seconds = runners[name](config)  # a step may report its own (see step_vae)
             if name != "ship":
-                _record_time(config, name, time.perf_counter() - start)
+                _record_time(config, name, seconds or time.perf_counter() - start)
             if name not in ("data", "ship"):
                 _store(config, name)
             LOG.info("demo step %s: %.0f s", name, time.perf_counter() - start)

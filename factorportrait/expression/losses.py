@@ -10,6 +10,15 @@ identities, head poses and cameras — and the shared parameters ``y (B, 8)``:
 
 (Bardes et al., VICReg, ICLR 2022, Eq. 1-4). The regression term alone already prevents a
 collapse; the variance term keeps the invariance term from being met by shrinking the codes.
+
+With ``per_dimension_invariance`` the invariance term is instead scale-free, per dimension:
+
+    w_inv · mean_d  mean_B (a_d − b_d)² / 2  /  (Var_d([a; b]) + ε)
+
+the share of each dimension's variance that differs between two views of one expression. A
+dimension then either follows the expression or goes constant, so it cannot be met by shrinking
+and needs no variance hinge; the hinge, in turn, asks every one of the D dimensions for unit
+variance, which 8 expression parameters cannot supply without identity, pose or camera.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ class LossWeights:
     variance: float = 1.0
     covariance: float = 0.04
     variance_target: float = 1.0
+    per_dimension_invariance: bool = False
 
     def __post_init__(self) -> None:
         for name in ("regression", "invariance", "variance", "covariance", "variance_target"):
@@ -56,6 +66,14 @@ def covariance_term(codes: Tensor) -> Tensor:
     return off_diagonal.pow(2).sum() / codes.shape[1]
 
 
+def invariance_share(a: Tensor, b: Tensor) -> Tensor:
+    """Mean over dimensions of the between-view share of variance of paired codes ``a, b
+    (B, D)`` (module docstring; 0: views agree, about 1: unrelated)."""
+    within = (a - b).pow(2).mean(0) / 2  # (D,)
+    total = torch.cat([a, b]).var(dim=0)
+    return (within / (total + VARIANCE_EPS)).mean()
+
+
 def expression_loss(encoder: ExpressionEncoder, crops: Tensor, expression: Tensor,
                     weights: LossWeights) -> tuple[Tensor, dict[str, float]]:
     """Loss of a pair batch: ``crops (2B, 3, S, S)`` (views a then views b), ``expression
@@ -64,7 +82,7 @@ def expression_loss(encoder: ExpressionEncoder, crops: Tensor, expression: Tenso
     a, b = codes.chunk(2)
     predicted = encoder.predict_parameters(codes)  # (2B, E)
     regression = F.mse_loss(predicted, expression.repeat(2, 1))
-    invariance = F.mse_loss(a, b)
+    invariance = invariance_share(a, b) if weights.per_dimension_invariance else F.mse_loss(a, b)
     variance = (variance_term(a, weights.variance_target)
                 + variance_term(b, weights.variance_target)) / 2
     covariance = covariance_term(a) + covariance_term(b)

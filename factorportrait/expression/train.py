@@ -24,6 +24,7 @@ import torch
 from factorportrait.expression.augment import AugmentConfig
 from factorportrait.expression.batches import SetPool
 from factorportrait.expression.losses import LossWeights, expression_loss
+from factorportrait.expression.projection import ProjectionConfig, project_encoder
 from factorportrait.expression.sets import AvatarPool, SetSampling, identity_seeds
 from factorportrait.io.atomic import atomic_write_bytes
 from factorportrait.models.expression_encoder import ExpressionEncoder, ExpressionEncoderConfig
@@ -61,6 +62,7 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     sampling: SetSampling = field(default_factory=SetSampling)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
 
     def __post_init__(self) -> None:
         for name in ("crop_size", "steps", "batch_sets", "identities", "pool_sets",
@@ -78,7 +80,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Build from a (recipe) mapping; unknown keys raise ``ValueError`` naming them."""
-        nested = {"loss": LossWeights, "augment": AugmentConfig, "sampling": SetSampling}
+        nested = {"loss": LossWeights, "augment": AugmentConfig, "sampling": SetSampling,
+                  "projection": ProjectionConfig}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -189,10 +192,32 @@ def train_expression_encoder(config: TrainConfig, log: Callable[[str], None] | N
         if step % config.save_every == 0:
             _save(encoder.eval(), config, history, step, time.monotonic() - started)
             encoder.train()
-    seconds = time.monotonic() - started
     encoder.eval()
+    if config.projection.dim:
+        encoder = project_trained(encoder, config, log)
+    seconds = time.monotonic() - started
     _save(encoder, config, history, step, seconds)
     if log:
         log(f"trained {step} steps in {seconds:.0f} s"
             + (f"; saved to {config.output_dir}" if config.output_dir else ""))
     return TrainResult(encoder, history, step, seconds)
+
+
+def project_trained(encoder: ExpressionEncoder, config: TrainConfig,
+                    log: Callable[[str], None] | None = None) -> ExpressionEncoder:
+    """``encoder`` with the expression-discriminant projection of ``config.projection`` folded
+    in, fit on fresh renders of the training identities (deterministic from
+    ``projection.seed``; :mod:`factorportrait.expression.projection`)."""
+    from factorportrait.expression.evaluate import synthetic_set
+
+    settings = config.projection
+    fit = synthetic_set("train", settings.sets, settings.views, config.identities,
+                        config.crop_size, settings.seed, config.identity_seed, config.sampling,
+                        config.augment.roll_normalise)
+    projected, projection = project_encoder(encoder, fit.crops, fit.group, fit.expression,
+                                            settings.dim, settings.ridge)
+    if log:
+        ratios = ", ".join(f"{r:.1f}" for r in projection.ratios.tolist())
+        log(f"projected the codes onto {settings.dim} expression-discriminant directions "
+            f"(between/within variance {ratios})")
+    return projected

@@ -53,6 +53,9 @@ class ExpressionEncoderConfig:
             learns faster on small crops).
         num_parameters: outputs of the linear training head (8 synthetic expression
             parameters); 0 for none.
+        code_rank: ``None``, or ``k``: the last layer was folded with the expression-
+            discriminant projection (:mod:`factorportrait.expression.projection`), so only the
+            first ``k`` code entries vary (each with unit variance) and the rest are 0.
     """
 
     crop_size: int = 224
@@ -62,6 +65,7 @@ class ExpressionEncoderConfig:
     stem_stride: int = 4
     pooling: str = "mean"
     num_parameters: int = 8
+    code_rank: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -83,6 +87,9 @@ class ExpressionEncoderConfig:
         if self.pooling not in ("mean", "flatten"):
             raise ValueError(f"ExpressionEncoderConfig.pooling must be 'mean' or 'flatten', "
                              f"got {self.pooling!r}")
+        if self.code_rank is not None and not 0 < self.code_rank <= self.code_dim:
+            raise ValueError(f"ExpressionEncoderConfig.code_rank must be None or in "
+                             f"1..{self.code_dim}, got {self.code_rank}")
         if self.num_parameters < 0:
             raise ValueError(f"ExpressionEncoderConfig.num_parameters must be >= 0, "
                              f"got {self.num_parameters}")
