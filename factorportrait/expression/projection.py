@@ -104,8 +104,9 @@ def project_encoder(encoder: ExpressionEncoder, crops: Tensor, group: Tensor,
     """A copy of ``encoder`` whose codes are :func:`discriminant_projection` of its codes of
     ``crops (N,3,S,S)`` grouped by ``group (N,)`` (entries past ``dim`` are 0). With
     ``expression (N, E)`` the parameter head is refit to the new codes by least squares."""
-    encoder = encoder.eval()
-    codes = torch.cat([encoder(crops[i:i + batch]) for i in range(0, len(crops), batch)])
+    from factorportrait.expression.evaluate import extract
+
+    codes = extract(encoder.eval(), crops, batch)
     projection = discriminant_projection(codes, group, dim, ridge)
     config = replace(encoder.config, code_rank=dim)
     projected = ExpressionEncoder(config)
