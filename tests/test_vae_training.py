@@ -9,9 +9,9 @@ from factorportrait.data.synthetic.config import SyntheticConfig
 from factorportrait.data.synthetic.writer import generate_dataset
 from factorportrait.evaluation import psnr
 from factorportrait.models.vae import VAEConfig, WanVAE
+from factorportrait.training.optim import WarmupDecay
 from factorportrait.training.vae import (
     VAETrainConfig,
-    learning_rate_factor,
     posterior,
     reconstruction_psnr,
     train_vae,
@@ -43,11 +43,11 @@ def test_config_rejects_bad_values(tmp_path):
 
 
 def test_learning_rate_warms_up_linearly_then_decays_by_cosine():
-    assert [learning_rate_factor(s, 4, 12) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert learning_rate_factor(4, 4, 12) == 1.0
-    assert learning_rate_factor(8, 4, 12) == pytest.approx(0.5)
-    assert learning_rate_factor(12, 4, 12) == pytest.approx(0.0)
-    assert learning_rate_factor(6, 0, 12) == pytest.approx(0.5)  # no warmup: cosine from 0
+    assert [WarmupDecay(4, 12)(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert WarmupDecay(4, 12)(4) == 1.0
+    assert WarmupDecay(4, 12)(8) == pytest.approx(0.5)
+    assert WarmupDecay(4, 12)(12) == pytest.approx(0.0)
+    assert WarmupDecay(0, 12)(6) == pytest.approx(0.5)  # no warmup: cosine from 0
 
 
 def test_reconstruction_psnr_is_the_posterior_mean_decode_against_the_input():

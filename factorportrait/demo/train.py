@@ -78,27 +78,11 @@ def vae_phases(config: DictConfig) -> list:
 
 def step_vae(config: DictConfig) -> float:
     """Train the VAE phases (:func:`vae_phases`); returns their seconds, kept phases included."""
-    from dataclasses import asdict
+    from factorportrait.training.vae import train_phases
 
-    from factorportrait.training.vae import train_vae
-
-    seconds = 0.0
-    for phase in vae_phases(config):
-        # a finished phase is kept when its settings and starting weights are unchanged
-        inputs = {"config": asdict(phase), "init": None if phase.init_from is None else
-                  _sha256(Path(phase.init_from) / VAE_FILES[1])}
-        path = Path(phase.output_dir) / "phase.json"
-        record = json.loads(path.read_text()) if path.is_file() else {}
-        if record.get("inputs") == inputs:
-            LOG.info("demo step vae: %s done already, skipped", phase.output_dir)
-        else:
-            path.unlink(missing_ok=True)
-            start = time.perf_counter()
-            train_vae(phase)
-            record = {"inputs": inputs, "seconds": round(time.perf_counter() - start, 1)}
-            atomic_write_bytes(path, json.dumps(record, indent=1).encode())
-        seconds += record["seconds"]
-    _copy(Path(phase.output_dir), checkpoint_dir(config), VAE_FILES)
+    phases = vae_phases(config)
+    seconds = train_phases(phases)
+    _copy(Path(phases[-1].output_dir), checkpoint_dir(config), VAE_FILES)
     return seconds
 
 

@@ -119,7 +119,7 @@ def project_encoder(encoder: ExpressionEncoder, crops: Tensor, group: Tensor,
     layer.weight.copy_(weight.to(layer.weight.dtype))
     layer.bias.copy_(bias.to(layer.bias.dtype))
     if expression is not None and projected.parameter_head is not None:
-        new = (codes.double() - projection.mean.double()) @ projection.matrix.double()
+        new = projection(codes).double()
         design = torch.cat([new, torch.ones(len(new), 1, dtype=new.dtype)], 1)
         solution = torch.linalg.lstsq(design, expression.double()).solution  # (dim+1, E)
         head = projected.parameter_head

@@ -21,9 +21,10 @@ reconstructed from their posterior means and their PSNR is logged and kept in th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from torch.utils.data import DataLoader
 
 from factorportrait.data.dataset import DrawSampler, PortraitClipDataset
 from factorportrait.io.atomic import atomic_write_bytes
-from factorportrait.models.vae import VAEConfig, WanVAE
+from factorportrait.models.vae import WEIGHTS_FILE, VAEConfig, WanVAE
+from factorportrait.training.optim import WarmupDecay
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +121,6 @@ def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
             "has_normals": torch.tensor([bool(s["has_normals"]) for s in samples])}
 
 
-def learning_rate_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def validation_windows(config: VAETrainConfig) -> torch.Tensor | None:
     """The held-out split's first ``validation_windows`` RGB windows ``(N,3,F,H,W)``, or None
     when the dataset has no held-out clips or none are asked for."""
@@ -144,14 +138,10 @@ def validation_windows(config: VAETrainConfig) -> torch.Tensor | None:
 
 @torch.no_grad()
 def reconstruction_psnr(vae: WanVAE, video: torch.Tensor) -> float:
-    """Mean PSNR (dB, [-1,1] range) of ``video`` decoded from its posterior mean."""
+    """Mean PSNR (dB, [-1,1] range) of ``video`` through the VAE (posterior mean, decoded)."""
     from factorportrait.evaluation import psnr
 
-    was_training = vae.model.training
-    vae.model.eval()
-    mu = posterior(vae, video)[0]
-    decoded = vae.model.decode(mu, [torch.zeros(16), torch.ones(16)]).clamp(-1, 1)
-    vae.model.train(was_training)
+    decoded = vae.decode(vae.encode(video))
     return float(psnr(decoded.transpose(1, 2), video.transpose(1, 2), data_range=2.0).mean())
 
 
@@ -195,7 +185,7 @@ def train_vae(config: VAETrainConfig) -> WanVAE:
             vae.model.conv1.bias[vae.model.conv1.bias.shape[0] // 2:] = config.log_var_init
     optimizer = torch.optim.AdamW(vae.model.parameters(), lr=config.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, config.warmup_steps, config.steps))
+        optimizer, WarmupDecay(config.warmup_steps, config.steps))
     batches, generator = _batches(config, dataset), torch.Generator().manual_seed(config.seed)
     heldout = validation_windows(config)
     history = []
@@ -225,3 +215,27 @@ def train_vae(config: VAETrainConfig) -> WanVAE:
     atomic_write_bytes(output / "vae_training.json", json.dumps(
         {"config": asdict(config), "history": history}, indent=1).encode())
     return trained
+
+
+def train_phases(phases: list[VAETrainConfig]) -> float:
+    """Train ``phases`` in order (each usually ``init_from`` the one before) and return their
+    seconds. A finished phase is kept when its settings and starting weights are unchanged
+    (``<output_dir>/phase.json``), so an interrupted sequence resumes at the phase it was in,
+    and a retrained phase retrains the ones after it."""
+    seconds = 0.0
+    for phase in phases:
+        init = None if phase.init_from is None else hashlib.sha256(
+            (Path(phase.init_from) / WEIGHTS_FILE).read_bytes()).hexdigest()
+        inputs = {"config": asdict(phase), "init": init}
+        path = Path(phase.output_dir) / "phase.json"
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        if record.get("inputs") == inputs:
+            log.info("vae phase %s: done already, skipped", phase.output_dir)
+        else:
+            path.unlink(missing_ok=True)
+            start = time.perf_counter()
+            train_vae(phase)
+            record = {"inputs": inputs, "seconds": round(time.perf_counter() - start, 1)}
+            atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+        seconds += record["seconds"]
+    return seconds
