@@ -3,12 +3,15 @@
 Numbered steps of :meth:`FactorPortraitPipeline.__call__` (docs/pipeline.md):
 
     1. check inputs          everything cheap, before any heavy work (inference/inputs.py)
-    2. per-frame controls    codes, cameras and mesh pose of the mode (inference/controls.py)
-    3. pose condition        normal maps rendered from the meshes, VAE-encoded
-    4. conditions            reference latent, Plücker rays, text context -> PortraitConditions
-    5. denoise               Euler flow sampling; guidance branches batched in one forward;
+    2. faces                 the reference's portrait crop, pose and fitted avatar; a driving
+                             video tracked, its codes and head motion (inference/faces.py)
+    3. per-frame controls    codes, cameras and mesh pose of the mode (inference/controls.py)
+    4. pose condition        normal maps rendered from the meshes, VAE-encoded
+    5. conditions            reference latent, Plücker rays, text context -> PortraitConditions
+    6. denoise               Euler flow sampling; guidance branches batched in one forward;
                              sliding windows for long videos (inference/long_video.py)
-    6. decode                VAE (optionally tiled) -> uint8 frames; optional atomic mp4
+    7. decode                VAE (optionally tiled) -> uint8 frames; optional paste-back into
+                             the photo (tracking/crop.py); optional atomic mp4
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from factorportrait.inference.encoders import ExpressionEncoder, encode_expressi
 from factorportrait.inference.inputs import RenderRequest, check_render_inputs, load_normal_maps
 from factorportrait.inference.long_video import latent_frames, plan_windows, sample_windows
 from factorportrait.inference.mesh_sources import MeshSource
-from factorportrait.io.video import read_video, write_video
+from factorportrait.io.video import write_video
 from factorportrait.models.conditions import PortraitConditions
 
 LOGGER = logging.getLogger(__name__)
@@ -51,7 +54,12 @@ class FactorPortraitPipeline:
             without one the pose condition is dropped (zero normal latents) unless
             ``normal_maps`` are given.
         expression_encoder: frames ``(N,3,H,W)`` in [-1,1] -> codes ``(N,D)``; needed for a
-            driving video without codes (:mod:`factorportrait.inference.encoders`).
+            driving video without codes (:mod:`factorportrait.inference.encoders`). An
+            :class:`~factorportrait.expression.EncoderCodeSource` (what ``from_pretrained``
+            loads) is given the tracked face boxes.
+        face_tracker: a :class:`~factorportrait.tracking.FaceTracker` (made on first use).
+        trained_size: ``(height, width)`` the DiT was trained at: the default output size
+            (``from_pretrained`` reads it from the checkpoint).
         text_encoder: ``prompt -> (1, L, text_dim)`` (:func:`~factorportrait.inference.loading.
             load_text_encoder`); without one the DiT's null context is used.
         window_frames, window_overlap: sliding windows (video frames) for long videos.
@@ -63,7 +71,8 @@ class FactorPortraitPipeline:
                  expression_encoder: Optional[ExpressionEncoder] = None,
                  text_encoder: Optional[Any] = None, window_frames: int = WINDOW_FRAMES,
                  window_overlap: int = WINDOW_OVERLAP, vae_tile: Optional[int] = None,
-                 normal_supersample: int = 1) -> None:
+                 normal_supersample: int = 1, face_tracker: Optional[Any] = None,
+                 trained_size: Optional[tuple[int, int]] = None) -> None:
         if window_frames < 5 or latent_frames(window_frames) <= window_overlap // 4 \
                 or window_overlap % 4 or window_overlap < 0:
             raise ValueError(f"window_frames must be 4k + 1 >= 5 and window_overlap a multiple "
@@ -76,6 +85,7 @@ class FactorPortraitPipeline:
         self.text_encoder = text_encoder
         self.window_frames, self.window_overlap = window_frames, window_overlap
         self.vae_tile, self.normal_supersample = vae_tile, normal_supersample
+        self.face_tracker, self.trained_size = face_tracker, trained_size
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ loading
@@ -88,12 +98,16 @@ class FactorPortraitPipeline:
                         text_encoder_path: Optional[str | os.PathLike] = None,
                         tokenizer_path: Optional[str | os.PathLike] = None,
                         **components: Any) -> "FactorPortraitPipeline":
-        """Load our checkpoint directory (``config.json`` + ``model.safetensors``) and a VAE
-        (the directory's ``vae_config.json`` + ``vae.safetensors``, or ``vae_path`` to
-        ``Wan2.1_VAE.pth``). Every file is checked before any weights are read; ``preset``
-        (``tiny``, ``wan_1_3b``, ``wan_14b``) also checks the architecture."""
+        """Load every component a checkpoint directory ships: the DiT (``config.json`` +
+        ``model.safetensors``), the VAE (``vae_config.json`` + ``vae.safetensors``, or
+        ``vae_path`` to ``Wan2.1_VAE.pth``) and, when present, the expression encoder
+        (``expression_encoder.json`` + ``.safetensors``, used on roll-normalised tracked face
+        crops). Every file is checked before any weights are read; ``preset`` (``tiny``,
+        ``wan_1_3b``, ``wan_14b``) also checks the architecture. The training size recorded
+        in ``config.json`` becomes the default output size."""
         from factorportrait.inference import loading
         from factorportrait.models.dit import FactorPortraitDiT
+        from factorportrait.models.weights import read_trained_size
 
         loading.check_checkpoint(directory, preset)
         vae_source = loading.resolve_vae_source(directory, vae_path)
@@ -102,8 +116,13 @@ class FactorPortraitPipeline:
         text_encoder = None
         if text_encoder_path is not None:
             text_encoder = loading.load_text_encoder(text_encoder_path, tokenizer_path, device)
+        encoder_dir = loading.expression_encoder_dir(directory)
         dit = FactorPortraitDiT.from_pretrained(directory, map_location=device)
         vae = loading.load_vae(vae_source).to(device)
+        if encoder_dir is not None and "expression_encoder" not in components:
+            components["expression_encoder"] = loading.load_expression_encoder(encoder_dir,
+                                                                                device)
+        components.setdefault("trained_size", read_trained_size(directory))
         return cls(dit.to(dtype=dtype) if dtype else dit, vae, text_encoder=text_encoder,
                    **components)
 
@@ -130,17 +149,24 @@ class FactorPortraitPipeline:
                  num_steps: int = DEFAULT_STEPS, guidance: Guidance | str | None = DEFAULT_GUIDANCE,
                  seed: int = 0, shift: float = DEFAULT_SHIFT, batch_cfg: bool = True,
                  output_path: Optional[str | os.PathLike] = None, fps: Optional[float] = None,
+                 reference_crop: str = "auto", paste_back: bool = False,
                  progress: bool = True) -> Tensor:
         """Render a video; returns ``uint8 (F, H, W, 3)`` frames (and writes ``output_path``).
 
         Inputs (docs/pipeline.md): ``reference_image`` (path, ``uint8 (H,W,3)`` or float
         ``(3,H,W)`` in [-1,1]); ``mode`` (:data:`~factorportrait.inference.CONTROL_MODES`);
         ``camera_trajectory`` (Cameras, camera file, preset name or ``(name, params)``);
-        ``driving_video`` (path or ``uint8 (F,H,W,3)``) and/or ``control_track`` (ControlTrack
-        or ``.safetensors``); ``expression_codes (F, D)``; ``pose_source`` /
+        ``driving_video`` (path or ``uint8 (F,H,W,3)``: tracked for the head pose and the
+        expression codes a control track lacks) and/or ``control_track`` (ControlTrack or
+        ``.safetensors``); ``expression_codes (F, D)``; ``pose_source`` /
         ``expression_source`` for ``mixed``; ``normal_maps`` (``(F,3,H,W)`` in [0,1] or a
         video); ``reference`` (1-frame track: reference camera, pose, expression code).
-        ``num_frames`` defaults to the sources' length; ``height``/``width`` to the image's.
+        ``num_frames`` defaults to the sources' length; ``height``/``width`` to the
+        checkpoint's training size (else the image's). ``reference_crop``: ``"face"`` (a
+        portrait crop around the tracked face, with the avatar fitted to it), ``"center"``, or
+        ``"auto"`` (``"center"`` with a ``reference`` track, else ``"face"``, falling back to
+        the centre crop when no face is found and none is needed). ``paste_back``: return
+        (and write) the frames pasted into the full reference photo (docs/tracking.md).
         """
         self.timings = {}
         # 1. Check inputs (nothing heavy happens before this has passed)
@@ -150,20 +176,25 @@ class FactorPortraitPipeline:
             expression_codes=expression_codes, pose_source=pose_source,
             expression_source=expression_source, normal_maps=normal_maps, reference=reference,
             prompt=prompt, num_frames=num_frames, height=height, width=width, fps=fps,
-            output_path=output_path)
-        # 2. Per-frame controls of the mode: codes, cameras, mesh pose
+            output_path=output_path, reference_crop=reference_crop)
+        # 2. Faces: the reference's portrait crop and fitted avatar; the driving video tracked
+        with self._timed("faces"):
+            self.faces(request, progress=progress)
+        # 3. Per-frame controls of the mode: codes, cameras, mesh pose
         with self._timed("conditions"):
             plan = self.plan(request)
-        # 3-4. Pose condition, reference latent, rays, text -> PortraitConditions
+        # 4-5. Pose condition, reference latent, rays, text -> PortraitConditions
         conditions = self.encode_conditions(request, plan, prompt)
-        # 5. Denoise
+        # 6. Denoise
         with self._timed("dit"):
             latents = self.denoise(conditions, num_steps=num_steps, guidance=guidance,
                                    seed=seed, shift=shift, batch_cfg=batch_cfg,
                                    progress=progress)
-        # 6. Decode (and write the mp4 atomically: a failed render leaves no file)
+        # 7. Decode, paste back (and write the mp4 atomically: a failed render leaves no file)
         with self._timed("vae"):
             frames = self.decode(latents)
+        if paste_back:
+            frames = self.paste_back(request, frames)
         if request.output_path is not None:
             write_video(request.output_path, frames, fps=request.fps)
         return frames
@@ -173,7 +204,10 @@ class FactorPortraitPipeline:
     def check_inputs(self, reference_image: Any, *, prompt: Optional[str] = None,
                      **inputs: Any) -> RenderRequest:
         """Step 1: validate every input (:func:`~factorportrait.inference.inputs.
-        check_render_inputs`) and that the components can serve it."""
+        check_render_inputs`) and that the components can serve it. Without ``height`` and
+        ``width`` the render takes the checkpoint's training size; another size is allowed
+        with a warning naming both."""
+        inputs = self._default_size(inputs)
         request = check_render_inputs(reference_image, **inputs)
         factors = MODE_FACTORS[request.mode]
         if factors.expression == "driving":
@@ -192,20 +226,48 @@ class FactorPortraitPipeline:
                              "..., text_encoder_path=..., tokenizer_path=...)")
         return request
 
-    # ------------------------------------------------------------------ 2. controls
+    def _default_size(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        height, width = inputs.get("height"), inputs.get("width")
+        if self.trained_size is None:
+            return inputs
+        if height is None and width is None:
+            return {**inputs, "height": self.trained_size[0], "width": self.trained_size[1]}
+        if (height, width) != tuple(self.trained_size):
+            LOGGER.warning("rendering at %s x %s (height x width), but the checkpoint was trained "
+                           "at %d x %d: expect worse results away from the training size",
+                           height if height is not None else "(image)",
+                           width if width is not None else "(image)", *self.trained_size)
+        return inputs
+
+    # ------------------------------------------------------------------ 2. faces
+
+    def faces(self, request: RenderRequest, progress: bool = False) -> RenderRequest:
+        """Step 2 (:func:`~factorportrait.inference.faces.resolve_faces`), once per request:
+        the reference's portrait crop, tracked pose and fitted avatar; a driving video's
+        tracked head motion (transferred onto the reference) and codes."""
+        from factorportrait.inference.faces import resolve_faces
+
+        if request.faces_done:
+            return request
+        if request.reference_crop == "face" or request.driving_video is not None:
+            if self.face_tracker is None:
+                from factorportrait.tracking import FaceTracker
+                self.face_tracker = FaceTracker()
+        return resolve_faces(request, self.face_tracker, self.expression_encoder,
+                             self.mesh_source, progress=progress)
+
+    # ------------------------------------------------------------------ 3. controls
 
     def plan(self, request: RenderRequest) -> ControlPlan:
-        """Step 2: expression codes (encoder where needed) and the mode's per-frame controls."""
-        driving, reference = request.driving, request.reference
-        if request.driving_video is not None:
-            frames = _video_frames(request.driving_video, request.num_frames)
-            codes = encode_expressions(self.expression_encoder, frames, self.device)
-            driving = (ControlTrack(fps=request.fps, expression_codes=codes) if driving is None
-                       else driving.replace(expression_codes=codes))
+        """Step 3: expression codes (the reference's where needed) and the mode's per-frame
+        controls (runs step 2 first if it has not run)."""
+        self.faces(request)
+        reference = request.reference
         if reference.expression_codes is None:
             reference = reference.replace(expression_codes=self._reference_code(request))
-        return plan_controls(request.mode, request.num_frames, reference, driving=driving,
-                             trajectory=request.trajectory, pose_source=request.pose_source,
+        return plan_controls(request.mode, request.num_frames, reference,
+                             driving=request.driving, trajectory=request.trajectory,
+                             pose_source=request.pose_source,
                              expression_source=request.expression_source,
                              normal_maps=load_normal_maps(request))
 
@@ -217,15 +279,17 @@ class FactorPortraitPipeline:
         return pad_codes(encode_expressions(self.expression_encoder, image, self.device),
                          "expression_encoder")
 
-    # ------------------------------------------------------------------ 3-4. conditions
+    # ------------------------------------------------------------------ 4-5. conditions
 
     @torch.no_grad()
     def encode_conditions(self, request: RenderRequest, plan: ControlPlan,
                           prompt: Optional[str] = None) -> PortraitConditions:
-        """Steps 3-4: normal maps -> VAE latents; reference image -> latent; rays; context."""
+        """Steps 4-5: normal maps -> VAE latents; reference image -> latent; rays; context."""
         height, width, tile = request.height, request.width, self.vae_tile
+        mesh_source = request.mesh_source if request.mesh_source is not None else \
+            self.mesh_source
         with self._timed("conditions"):
-            normals = render_plan_normals(plan, self.mesh_source, height, width,
+            normals = render_plan_normals(plan, mesh_source, height, width,
                                           self.normal_supersample)  # (F, 3, H, W) in [0, 1]
         if normals is None:
             LOGGER.warning("no mesh source or pose parameters for the pose condition: it is "
@@ -245,13 +309,13 @@ class FactorPortraitPipeline:
                                              height, width, context)
         return conditions.to(self.device)
 
-    # ------------------------------------------------------------------ 5. denoise
+    # ------------------------------------------------------------------ 6. denoise
 
     def denoise(self, conditions: PortraitConditions, *, num_steps: int = DEFAULT_STEPS,
                 guidance: Guidance | str | None = DEFAULT_GUIDANCE, seed: int = 0,
                 shift: float = DEFAULT_SHIFT, batch_cfg: bool = True,
                 progress: bool = True) -> Tensor:
-        """Step 5: ``(1, 16, F_lat, h, w)`` float32 latents from seeded noise; sliding
+        """Step 6: ``(1, 16, F_lat, h, w)`` float32 latents from seeded noise; sliding
         windows of ``window_frames`` when the video is longer."""
         windows = plan_windows(conditions.latent_frames, latent_frames(self.window_frames),
                                self.window_overlap // 4)
@@ -260,20 +324,38 @@ class FactorPortraitPipeline:
                               num_steps=num_steps, shift=shift, guidance=guidance,
                               batch_cfg=batch_cfg, progress=progress)
 
-    # ------------------------------------------------------------------ 6. decode
+    # ------------------------------------------------------------------ 7. decode
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Step 6: ``(1, 16, F_lat, h, w)`` -> ``uint8 (F, H, W, 3)`` on the CPU."""
+        """Step 7: ``(1, 16, F_lat, h, w)`` -> ``uint8 (F, H, W, 3)`` on the CPU."""
         vae_device = next(self.vae.parameters()).device
         tile = None if self.vae_tile is None else self.vae_tile // 8
         video = self.vae.decode(latents.to(vae_device), tile)[0]  # (3, F, H, W) in [-1, 1]
         return ((video.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(
             1, 2, 3, 0).cpu().contiguous()
 
+    def paste_back(self, request: RenderRequest, frames: Tensor) -> Tensor:
+        """Step 7 (optional): ``uint8 (F, H, W, 3)`` generated frames pasted into the full
+        reference photo where the reference crop was cut (feathered, colour-matched on the
+        border: :func:`~factorportrait.tracking.crop.paste_back`) -> ``uint8 (F, H0, W0, 3)``,
+        cut to even sides for H.264."""
+        from factorportrait.tracking.crop import paste_back
+
+        self.faces(request)
+        count = frames.shape[0]
+        crops = frames.permute(0, 3, 1, 2).float()
+        photo = request.photo.permute(2, 0, 1)[None].float()
+        box = request.crop_box[torch.zeros(count, dtype=torch.long)]
+        pasted = paste_back(crops, photo, box).round().clamp(0, 255).byte()
+        height, width = pasted.shape[-2:]
+        return pasted[..., :height - height % 2, :width - width % 2].permute(0, 2, 3, 1) \
+            .contiguous()
+
     @contextlib.contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
-        """Accumulate wall time per stage in ``self.timings`` (conditions / vae / dit)."""
+        """Accumulate wall time per stage in ``self.timings`` (faces / conditions / vae /
+        dit)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
@@ -284,9 +366,3 @@ class FactorPortraitPipeline:
                 torch.cuda.synchronize(self.device)
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
-
-def _video_frames(video: Any, count: int) -> Tensor:
-    """The first ``count`` frames of a driving video (path or ``uint8 (F,H,W,3)``)."""
-    if isinstance(video, (str, os.PathLike)):
-        return read_video(video, range(count))
-    return torch.as_tensor(video)[:count]

@@ -24,3 +24,15 @@ def test_unknown_benchmark_is_a_clear_error():
     result = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "bogus"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "choose a benchmark: dit" in result.stderr
+
+
+def test_track_benchmark_reports_tracking_beside_rendering():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "benchmark.py"), "track", "--json", "--size",
+         "256", "--frames", "5", "--steps", "2", "--repeats", "1"],
+        capture_output=True, text=True, check=True, cwd=ROOT)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["tracking_fps"] > 0 and report["render_fps"] > 0
+    assert report["config"]["render_size"] == [64, 64]
+    assert abs(report["tracking_to_render_ratio"]
+               - report["tracking_fps"] / report["render_fps"]) < 0.1

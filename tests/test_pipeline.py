@@ -32,7 +32,7 @@ def test_every_mode_gives_uint8_frames(mode):
     pipe = tiny_pipeline()
     frames = pipe(reference_image(), mode=mode, num_steps=2, progress=False, **mode_inputs(mode))
     assert frames.shape == (FRAMES, SIZE, SIZE, 3) and frames.dtype == torch.uint8
-    assert set(pipe.timings) == {"conditions", "vae", "dit"}
+    assert set(pipe.timings) == {"faces", "conditions", "vae", "dit"}
 
 
 def test_same_seed_same_video_and_other_seed_differs():
@@ -100,7 +100,7 @@ def test_expression_encoder_fills_driving_and_reference_codes():
     pipe = tiny_pipeline(expression_encoder=encoder)
     video = torch.randint(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
-    request = pipe.check_inputs(reference_image(), mode="pose_only", driving_video=video,
+    request = pipe.check_inputs(reference_image(), mode="pose_only",
                                 control_track=driving_track().replace(expression_codes=None))
     plan = pipe.plan(request)
     reference_code = encoder(torch.as_tensor(reference_image()).permute(2, 0, 1)[None].float()
@@ -109,7 +109,11 @@ def test_expression_encoder_fills_driving_and_reference_codes():
     request = pipe.check_inputs(reference_image(), mode="expression_only", driving_video=video)
     codes = pipe.plan(request).expression_codes
     assert torch.allclose(codes, encoder(video.permute(0, 3, 1, 2).float() / 127.5 - 1),
-                          atol=1e-5)
+                          atol=1e-5)  # a plain encoder: whole frames, no tracking
+    with pytest.raises(ValueError, match="driving_video is unused: mode 'pose_only' takes the "
+                       "driving head pose, and the control track already has them"):
+        pipe.check_inputs(reference_image(), mode="pose_only", driving_video=video,
+                          control_track=driving_track())
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Benchmarks: python tools/benchmark.py {dit,render,sample,train} [--json] [options].
+"""Benchmarks: python tools/benchmark.py {dit,render,sample,train,track} [--json] [options].
 
 Each prints a readable table; with --json the table goes to stderr and stdout carries one
 JSON object. Implementations live in factorportrait/benchmarks/.
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "render": "factorportrait.benchmarks.render",
     "sample": "factorportrait.benchmarks.sample",
     "train": "factorportrait.benchmarks.train",
+    "track": "factorportrait.benchmarks.track",
 }
 
 

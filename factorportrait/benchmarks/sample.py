@@ -65,7 +65,7 @@ def _inputs(args: argparse.Namespace) -> dict:
                               generator=g)
     return dict(reference_image=reference, mode="driving_with_camera", control_track=track,
                 camera_trajectory=("orbit", {"degrees": 30}), num_steps=args.steps,
-                progress=False)
+                reference_crop="center", progress=False)
 
 
 def run(args: argparse.Namespace) -> dict:

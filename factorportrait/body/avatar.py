@@ -114,6 +114,20 @@ class HeadAvatar:
         moved = torch.einsum("fvab,fvb->fva", blended_r, shaped) + blended_t
         return shaped + moved + head_translation.to(expression)[:, None, :]
 
+    def head_transform(self, head_rotation: torch.Tensor, head_translation: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rigid motion of the head under a pose: ``R (F, 3, 3)``, ``t (F, 3)`` with
+        ``x_world = R x_rest + t`` for points that move with the head alone (the face, not the
+        jaw or the neck). ``R`` is the rotation of ``head_rotation``; ``t`` is where the head
+        centre (the rest origin) goes — not ``head_translation`` itself, since the neck takes
+        :data:`NECK_SHARE` of the turn about a lower pivot."""
+        frames = head_rotation.shape[0]
+        zeros = torch.zeros(frames, self.num_expressions, dtype=self.neutral_vertices.dtype,
+                            device=self.neutral_vertices.device)
+        rotation, translation = self._joint_transforms(zeros, head_rotation.to(zeros))
+        head = JOINTS.index("head")
+        return rotation[:, head], translation[:, head] + head_translation.to(zeros)
+
     def _check(self, expression: torch.Tensor, head_rotation: torch.Tensor,
                head_translation: torch.Tensor) -> None:
         if expression.ndim != 2 or expression.shape[1] != self.num_expressions:

@@ -2,6 +2,8 @@
 
 Examples::
 
+    factorportrait-render photo.png --checkpoint checkpoints/demo --mode driving \\
+        --driving-video drive.mp4 --frames 9 --out out.mp4 [--paste-back]
     factorportrait-render face.png --checkpoint ckpt/ --mode driving \\
         --control-track perf.safetensors --out out.mp4
     factorportrait-render face.png --checkpoint ckpt/ --vae Wan2.1_VAE.pth --mode camera_only \\
@@ -31,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("reference", help="reference portrait image")
     parser.add_argument("--mode", default="driving", choices=CONTROL_MODES)
     io = parser.add_argument_group("controls")
-    io.add_argument("--driving-video", help="driving video (needs an expression encoder "
-                    "unless a control track gives the codes)")
+    io.add_argument("--driving-video", help="driving video: its face is tracked for the head "
+                    "pose and the checkpoint's expression encoder gives the codes (whatever a "
+                    "--control-track lacks)")
     io.add_argument("--control-track", help="driving control track (.safetensors)")
     io.add_argument("--expression-track", help="mixed: expression source (clip A)")
     io.add_argument("--pose-track", help="mixed: pose source (clip B)")
@@ -55,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--height", type=int)
     out.add_argument("--width", type=int)
     out.add_argument("--fps", type=float)
+    out.add_argument("--crop", default="auto", choices=("auto", "face", "center"),
+                     help="reference crop: a portrait around the tracked face, or the centre "
+                     "(auto: face, centre with --reference-track)")
+    out.add_argument("--paste-back", action="store_true",
+                     help="write the frames pasted into the full reference photo")
+    out.add_argument("--fov", type=float, help="horizontal field of view (degrees) assumed for "
+                     "tracked photos and videos (default 40)")
     out.add_argument("--steps", type=int, default=35)
     out.add_argument("--guidance", default="progressive_hybrid", choices=GUIDANCE_MODES)
     out.add_argument("--guidance-scale", type=float, default=2.5)
@@ -116,6 +126,19 @@ def mesh_source(args: argparse.Namespace) -> Optional[Any]:
     return None
 
 
+def face_tracker(args: argparse.Namespace) -> Optional[Any]:
+    """A :class:`~factorportrait.tracking.FaceTracker` for ``--fov``, or None (the default)."""
+    if args.fov is None:
+        return None
+    from factorportrait.tracking import FaceTracker, TrackerConfig
+    return FaceTracker(TrackerConfig(fov_deg=args.fov))
+
+
+def tracker_or_default(tracker: Optional[Any]) -> Any:
+    from factorportrait.tracking import FaceTracker
+    return tracker if tracker is not None else FaceTracker()
+
+
 def render_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline's keyword inputs from the command line."""
     from factorportrait.inference.control_track import load_control_track
@@ -127,7 +150,7 @@ def render_inputs(args: argparse.Namespace) -> dict[str, Any]:
                 driving_video=args.driving_video, control_track=args.control_track,
                 pose_source=args.pose_track, expression_source=args.expression_track,
                 normal_maps=args.normal_maps, reference=reference, num_frames=args.frames,
-                height=args.height, width=args.width, fps=args.fps)
+                height=args.height, width=args.width, fps=args.fps, reference_crop=args.crop)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,11 +160,15 @@ def run(args: argparse.Namespace) -> int:
     from factorportrait.pipeline import FactorPortraitPipeline
 
     inputs, source = render_inputs(args), mesh_source(args)
+    tracker = face_tracker(args)
     if args.preview is not None:
+        from factorportrait.inference.faces import resolve_faces
         from factorportrait.inference.inputs import check_render_inputs
         from factorportrait.inference.preview import preview_conditions
         request = check_render_inputs(args.reference, **inputs)
-        preview_conditions(request, source, args.preview)
+        if request.reference_crop == "face" or request.driving_video is not None:
+            resolve_faces(request, tracker_or_default(tracker), None, source)
+        preview_conditions(request, request.mesh_source or source, args.preview)
         print(f"wrote {args.preview}")
         return 0
     if args.checkpoint is None or args.out is None:
@@ -153,10 +180,10 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, vae_path=args.vae, preset=args.preset, device=device,
         dtype=getattr(torch, args.dtype), text_encoder_path=args.text_encoder,
         tokenizer_path=args.tokenizer, mesh_source=source, window_frames=args.window_frames,
-        window_overlap=args.window_overlap, vae_tile=args.vae_tile)
+        window_overlap=args.window_overlap, vae_tile=args.vae_tile, face_tracker=tracker)
     frames = pipe(args.reference, **inputs, prompt=args.prompt, num_steps=args.steps,
                   guidance=Guidance(args.guidance, args.guidance_scale), seed=args.seed,
-                  output_path=args.out)
+                  output_path=args.out, paste_back=args.paste_back)
     print(f"wrote {args.out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}")
     return 0
 

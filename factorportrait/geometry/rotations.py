@@ -121,3 +121,20 @@ def rotation_angle(rotation: Tensor) -> Tensor:
     """Geodesic angle (radians) of rotation matrices ``(..., 3, 3)`` → ``(...)``."""
     quat = matrix_to_quaternion(rotation)
     return 2 * torch.atan2(quat[..., 1:].norm(dim=-1), quat[..., 0].abs())
+
+
+def quaternion_to_axis_angle(quat: Tensor) -> Tensor:
+    """Quaternions ``(..., 4)`` as (w, x, y, z) → axis-angle ``(..., 3)``, angle in [0, π]."""
+    quat = torch.where(quat[..., :1] < 0, -quat, quat)
+    vector = quat[..., 1:]
+    norm = vector.norm(dim=-1, keepdim=True)
+    angle = 2 * torch.atan2(norm, quat[..., :1])
+    # angle / sin(angle / 2), with its limit 2 near the identity
+    factor = torch.where(norm > 1e-8, angle / norm.clamp_min(1e-12), 2.0 / quat[..., :1])
+    return vector * factor
+
+
+def matrix_to_axis_angle(rotation: Tensor) -> Tensor:
+    """Rotation matrices ``(..., 3, 3)`` → axis-angle ``(..., 3)`` (the inverse of
+    :func:`axis_angle_to_matrix` for angles below π)."""
+    return quaternion_to_axis_angle(matrix_to_quaternion(rotation))

@@ -16,9 +16,15 @@ File format (``*.safetensors``; every tensor keeps its dtype, so a round trip is
 Metadata, the safetensors header's ``"factorportrait"`` entry (a JSON string)::
 
     {"format": "factorportrait.control_track", "version": 1, "num_frames": F, "fps": 25.0,
-     "width": 512, "height": 512, "expression_names": [...], "source": "free text"}
+     "width": 512, "height": 512, "expression_names": [...], "source": "free text",
+     "world": "scene"}
 
-``width``/``height`` are ``null`` without cameras. No pickle anywhere.
+``width``/``height`` are ``null`` without cameras. ``world`` says what the poses are relative
+to: ``"scene"`` (the default; files without the key) — one world shared with the reference, as
+in synthetic clips and hand-written tracks (docs/cameras.md); ``"camera"`` — the frame of the
+camera that filmed the performance (a tracked video, docs/tracking.md), whose head motion the
+pipeline transfers onto the reference's head relative to the track's first frame. No pickle
+anywhere.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ TRACK_VERSION = 1
 PER_FRAME = {"expression_codes": (None,), "expression": (None,), "head_rotation": (3,),
              "head_translation": (3,), "body_pose": (None,)}
 POSE_FIELDS = ("head_rotation", "head_translation", "body_pose")
+WORLDS = ("scene", "camera")
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,9 +69,12 @@ class ControlTrack:
     cameras: Cameras | None = None
     expression_names: tuple[str, ...] = ()
     source: str = ""
+    world: str = "scene"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "expression_names", tuple(self.expression_names))
+        if self.world not in WORLDS:
+            raise ValueError(f"ControlTrack: world must be one of {WORLDS}, got {self.world!r}")
         if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not (
                 math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"ControlTrack: fps must be a positive number, got {self.fps!r}")
@@ -141,7 +151,8 @@ class ControlTrack:
         return {"format": TRACK_FORMAT, "version": TRACK_VERSION, "num_frames": self.num_frames,
                 "fps": self.fps, "width": None if cameras is None else cameras.width,
                 "height": None if cameras is None else cameras.height,
-                "expression_names": list(self.expression_names), "source": self.source}
+                "expression_names": list(self.expression_names), "source": self.source,
+                "world": self.world}
 
     # -- files -----------------------------------------------------------------------------------
     def save(self, path: PathLike) -> None:
@@ -153,15 +164,31 @@ class ControlTrack:
         return load_control_track(path)
 
     @classmethod
-    def from_video(cls, video: PathLike | Tensor, expression_encoder: Any, *,
-                   cameras: Cameras | None = None, fps: float | None = None,
-                   device: str | torch.device = "cpu", **fields: Any) -> "ControlTrack":
-        """Export a driving video (a path or ``uint8 (F, H, W, 3)``) and a trajectory: codes
-        from ``expression_encoder`` (:mod:`~factorportrait.inference.encoders`), ``cameras``
-        (``F`` world cameras), fps from the file (else ``fps``, else 25), any other field
-        (``head_rotation=...``) as given."""
-        from factorportrait.inference.encoders import encode_expressions
+    def from_video(cls, video: PathLike | Tensor, expression_encoder: Any = None, *,
+                   track_head: bool = True, tracker: Any = None, cameras: Cameras | None = None,
+                   fps: float | None = None, device: str | torch.device = "cpu",
+                   **fields: Any) -> "ControlTrack":
+        """A driving video (a path or ``uint8 (F, H, W, 3)``) as a track.
+
+        With ``track_head`` (default) the face is tracked (:func:`factorportrait.tracking.
+        track_video`): head pose in the video camera's frame (``world="camera"``), the static
+        camera, and codes from ``expression_encoder`` on the tracked face crops when given.
+        Without it only codes are taken, from whole frames. fps from the file (else ``fps``,
+        else 25); ``cameras`` and any other field (``head_rotation=...``) replace the track's.
+        """
         from factorportrait.io.video import read_video, video_info
+
+        if track_head:
+            from factorportrait.tracking.video import track_video
+
+            track, _, _ = track_video(video, tracker, encoder=expression_encoder, fps=fps)
+            if cameras is not None:
+                fields["cameras"] = cameras
+            return track.replace(**fields) if fields else track
+        if expression_encoder is None:
+            raise ValueError("ControlTrack.from_video: track_head=False needs an "
+                             "expression_encoder (there is nothing else to take)")
+        from factorportrait.inference.encoders import encode_expressions
 
         if isinstance(video, (str, os.PathLike)):
             fps = fps or video_info(video)[1]
@@ -230,7 +257,8 @@ def load_control_track(path: PathLike) -> ControlTrack:
                               meta.get("width"), meta.get("height"))
         track = ControlTrack(fps=meta.get("fps"), cameras=cameras,
                              expression_names=tuple(meta.get("expression_names") or ()),
-                             source=meta.get("source") or "", **tensors)
+                             source=meta.get("source") or "",
+                             world=meta.get("world") or "scene", **tensors)
     except (TypeError, ValueError) as err:
         raise ValueError(f"control track {path}: {err}") from err
     if meta.get("num_frames") != track.num_frames:

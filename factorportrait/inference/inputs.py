@@ -28,6 +28,7 @@ from factorportrait.inference.controls import (CONTROL_MODES, MODE_FACTORS,
 from factorportrait.io.video import read_image, read_video, resize_frames, video_info
 
 DEFAULT_FPS = 16.0  # Wan 2.1's frame rate (81 frames = 5 s)
+REFERENCE_CROPS = ("auto", "face", "center")
 PathLike = Union[str, os.PathLike]
 ImageInput = Union[PathLike, Tensor, np.ndarray]
 TrajectoryInput = Union[Cameras, str, PathLike, tuple, Mapping[str, Any], None]
@@ -38,11 +39,20 @@ class RenderRequest:
     """The validated inputs of one render (shapes for ``F = num_frames``, ``H × W``).
 
     Attributes:
-        reference_image: ``(3, H, W)`` float32 in [-1, 1].
+        reference_image: ``(3, H, W)`` float32 in [-1, 1]: after step 1 the centre crop, after
+            step 2 (faces) the portrait crop when ``reference_crop == "face"``.
+        photo: ``uint8 (H0, W0, 3)``, the reference image as given.
+        reference_crop: ``"face"`` (track the photo's face, crop a portrait around it, fit the
+            avatar mesh to it) or ``"center"`` (the centre crop, resized).
+        crop_box: where ``reference_image`` was cut from ``photo`` (1 box; set by step 2), for
+            paste-back.
         reference: 1-frame track: the reference camera (K for H × W), pose, mesh expression and
             (optionally) expression code.
-        driving: ``F`` frames of the driving performance (codes may still be missing).
-        driving_video: the driving frames to encode when the codes are missing, else None.
+        driving: ``F`` frames of the driving performance (codes or pose may still be missing).
+        driving_video: the driving video when step 2 must take codes or head pose from it,
+            else None.
+        mesh_source: the mesh of the pose condition chosen by step 2 (the fitted avatar of a
+            face-cropped reference), or None for the pipeline's own.
         trajectory: ``F`` (or 1) world cameras with K for ``H × W``.
         pose_source, expression_source: ``F`` frames each (``mixed``).
         normal_maps: ``(F, 3, H, W)`` in [0, 1] or a normal-map video path.
@@ -55,6 +65,11 @@ class RenderRequest:
     fps: float
     reference_image: Tensor
     reference: ControlTrack
+    photo: Tensor | None = None
+    reference_crop: str = "center"
+    crop_box: Any = None
+    mesh_source: Any = None
+    faces_done: bool = False
     driving: ControlTrack | None = None
     driving_video: PathLike | Tensor | None = None
     trajectory: Cameras | None = None
@@ -73,10 +88,10 @@ def check_size(height: int, width: int) -> None:
 
 
 def load_reference_image(image: ImageInput, height: int | None, width: int | None
-                         ) -> tuple[Tensor, int, int]:
-    """A path, ``uint8 (H, W, 3)`` or float ``(3, H, W)`` in [-1, 1] -> ``(3, H', W')`` float32
-    in [-1, 1] at the output size (centre-cropped to its aspect, then resized). The output
-    size defaults to the image's own."""
+                         ) -> tuple[Tensor, Tensor, int, int]:
+    """A path, ``uint8 (H, W, 3)`` or float ``(3, H, W)`` in [-1, 1] -> the photo ``uint8
+    (H, W, 3)`` and ``(3, H', W')`` float32 in [-1, 1] at the output size (centre-cropped to its
+    aspect, then resized). The output size defaults to the image's own."""
     if isinstance(image, (str, os.PathLike)):
         pixels = read_image(image)  # FileNotFoundError / ValueError name the file
     elif isinstance(image, (Tensor, np.ndarray)):
@@ -96,7 +111,7 @@ def load_reference_image(image: ImageInput, height: int | None, width: int | Non
     check_size(height, width)
     frames = _center_crop(pixels[None], height / width)
     frames = resize_frames(frames, (height, width))
-    return frames[0].permute(2, 0, 1).float() / 127.5 - 1, height, width
+    return pixels, frames[0].permute(2, 0, 1).float() / 127.5 - 1, height, width
 
 
 def _center_crop(frames: Tensor, aspect: float) -> Tensor:
@@ -227,11 +242,22 @@ def check_render_inputs(reference_image: ImageInput, *, mode: str = "driving",
                         expression_source: ControlTrack | PathLike | None = None,
                         normal_maps: PathLike | Tensor | None = None,
                         reference: ControlTrack | None = None, fps: float | None = None,
-                        output_path: PathLike | None = None) -> RenderRequest:
-    """Validate everything cheap about a render -> :class:`RenderRequest` (module docstring)."""
+                        output_path: PathLike | None = None, reference_crop: str = "auto"
+                        ) -> RenderRequest:
+    """Validate everything cheap about a render -> :class:`RenderRequest` (module docstring).
+
+    ``reference_crop``: ``"face"``, ``"center"`` or ``"auto"`` — ``"center"`` when a
+    ``reference`` track is given (its camera belongs to the image as it is), else ``"face"``
+    (step 2 falls back to the centre crop when it finds no face and the mode does not need
+    one)."""
     if mode not in CONTROL_MODES:
         raise ValueError(f"mode must be one of {CONTROL_MODES}, got {mode!r}")
-    image, height, width = load_reference_image(reference_image, height, width)
+    if reference_crop not in REFERENCE_CROPS:
+        raise ValueError(f"reference_crop must be one of {REFERENCE_CROPS}, got "
+                         f"{reference_crop!r}")
+    if reference_crop == "auto":
+        reference_crop = "center" if reference is not None else "face"
+    photo, image, height, width = load_reference_image(reference_image, height, width)
     output = output_path_or_none(output_path)
     driving = _track(control_track, "control_track")
     if expression_codes is not None:
@@ -254,18 +280,42 @@ def check_render_inputs(reference_image: ImageInput, *, mode: str = "driving",
         trajectory = trajectory[:frames]
     driving = _fit_track(driving, frames, height, width)
     sources = {name: _fit_track(track, frames, height, width) for name, track in sources.items()}
-    expression_from_video = MODE_FACTORS[mode].expression == "driving" and not (
-        mode == "mixed" and sources["expression_source"] is not None)
-    needs_video = expression_from_video and driving_video is not None and (
-        driving is None or driving.expression_codes is None)
+    needs_video = driving_video is not None and _video_needed(mode, driving, sources)
     track_fps = driving.fps if control_track is not None else None
     return RenderRequest(
         mode=mode, num_frames=frames, height=height, width=width,
         fps=float(fps or track_fps or video_fps or DEFAULT_FPS), reference_image=image,
-        reference=_reference(reference, height, width), driving=driving,
+        reference=_reference(reference, height, width), photo=photo,
+        reference_crop=reference_crop, driving=driving,
         driving_video=driving_video if needs_video else None,
         trajectory=None if trajectory is None else fit_cameras(trajectory, height, width),
         normal_maps=normal_maps, output_path=output, **sources)
+
+
+def _video_needed(mode: str, driving: ControlTrack | None, sources: dict) -> bool:
+    """Whether step 2 must take something from the driving video: the expression codes or the
+    head pose that the mode takes from the driving performance and the track lacks.
+    ``ValueError`` when the video would be unused."""
+    factors = MODE_FACTORS[mode]
+    if mode == "mixed" and all(track is not None for track in sources.values()):
+        raise ValueError("driving_video is unused in mode 'mixed' with both pose_source and "
+                         "expression_source: drop one of them")
+    wants_codes = factors.expression == "driving" and (
+        driving is None or driving.expression_codes is None) and not (
+        mode == "mixed" and sources["expression_source"] is not None)
+    wants_pose = factors.pose == "driving" and (driving is None or not driving.has_pose) \
+        and not (mode == "mixed" and sources["pose_source"] is not None)
+    if "driving" not in (factors.pose, factors.expression):
+        raise ValueError(f"driving_video is unused: mode {mode!r} keeps the reference's pose "
+                         "and expression; drop driving_video (or choose a driving mode)")
+    if not (wants_codes or wants_pose):
+        taken = [name for name, factor in (("head pose", factors.pose),
+                                           ("expression codes", factors.expression))
+                 if factor == "driving"]
+        raise ValueError(f"driving_video is unused: mode {mode!r} takes the driving "
+                         f"{' and '.join(taken)}, and the control track already has them; "
+                         "drop one of the two")
+    return True
 
 
 def _lengths(driving: ControlTrack | None, driving_video: Any, sources: dict,

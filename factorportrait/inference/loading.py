@@ -6,6 +6,9 @@
 - :func:`resolve_vae_source` / :func:`load_vae`: the VAE from the same directory
   (``vae_config.json`` + ``vae.safetensors``) or a user path to the official
   ``Wan2.1_VAE.pth`` (or a converted ``.safetensors``).
+- :func:`expression_encoder_dir` / :func:`load_expression_encoder`: the expression encoder a
+  checkpoint folder ships (``expression_encoder.json`` + ``.safetensors``), as a code source
+  that encodes roll-normalised tracked face crops.
 - :func:`load_text_encoder`: Wan's umT5-XXL text encoder and its tokenizer from local paths.
 """
 
@@ -90,6 +93,34 @@ def resolve_vae_source(directory: str | os.PathLike,
 def load_vae(source: Path, config: Optional[VAEConfig] = None) -> WanVAE:
     """Load the VAE from :func:`resolve_vae_source`'s answer."""
     return WanVAE.load(source, config)
+
+
+def expression_encoder_dir(directory: str | os.PathLike) -> Optional[Path]:
+    """``directory`` when it ships an expression encoder, else None; a half-present encoder
+    (one of its two files) is an error naming the missing one."""
+    from factorportrait.models.expression_encoder import CONFIG_FILE as ENCODER_CONFIG
+    from factorportrait.models.expression_encoder import WEIGHTS_FILE as ENCODER_WEIGHTS
+
+    directory = Path(directory)
+    present = [(directory / name).is_file() for name in (ENCODER_CONFIG, ENCODER_WEIGHTS)]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = ENCODER_WEIGHTS if present[0] else ENCODER_CONFIG
+        raise FileNotFoundError(f"checkpoint {directory}: {missing} is missing (the expression "
+                                "encoder needs both of its files)")
+    return directory
+
+
+def load_expression_encoder(directory: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The folder's :class:`~factorportrait.models.expression_encoder.ExpressionEncoder` as
+    an :class:`~factorportrait.expression.EncoderCodeSource` on roll-normalised face crops
+    (FactorPortrait supp. §8.1; the pipeline passes the tracked boxes)."""
+    from factorportrait.expression.codes import EncoderCodeSource
+    from factorportrait.models.expression_encoder import ExpressionEncoder
+
+    encoder = ExpressionEncoder.from_pretrained(directory, map_location=device)
+    return EncoderCodeSource(encoder, roll_normalise=True)
 
 
 class UMT5TextEncoder:

@@ -73,6 +73,31 @@ class AvatarMeshSource:
                                 _pose_or_zero(frames, "head_translation", 3))
 
 
+class HeadMeshSource:
+    """A :class:`~factorportrait.body.HeadAvatar` posed in tracking's convention
+    (docs/tracking.md): ``head_rotation`` turns the head, ``head_translation`` is where the
+    head centre goes (not the avatar's own translation, which the neck pivot offsets), and the
+    mesh is scaled by ``scale`` about the head centre — the avatar fitted to a photographed
+    face (:func:`~factorportrait.inference.faces.fit_avatar`). Reads ``expression (F, 8)`` by
+    ``EXPRESSION_NAMES`` like :class:`AvatarMeshSource`."""
+
+    def __init__(self, avatar, scale: float = 1.0) -> None:
+        if not scale > 0:
+            raise ValueError(f"HeadMeshSource: scale must be > 0, got {scale}")
+        self.avatar, self.scale = avatar, float(scale)
+        self.faces = avatar.faces
+
+    def vertices(self, frames: ControlTrack) -> Tensor:
+        rotation = _pose_or_zero(frames, "head_rotation", 3)
+        zero = torch.zeros_like(rotation)
+        expression = _columns(frames, tuple(self.avatar.EXPRESSION_NAMES))
+        verts = self.avatar.pose(expression, rotation, zero)  # (F, V, 3)
+        _, centre = self.avatar.head_transform(rotation, zero)  # (F, 3)
+        centre = centre.to(verts)
+        translation = _pose_or_zero(frames, "head_translation", 3).to(verts)
+        return self.scale * (verts - centre[:, None]) + translation[:, None]
+
+
 class SMPLXMeshSource:
     """An SMPL-X body (:class:`~factorportrait.body.SMPLXBody`, OpenCV world frame).
 

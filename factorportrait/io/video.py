@@ -31,6 +31,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -90,6 +91,89 @@ def video_info(path: PathLike) -> tuple[int, float, int, int]:
     except Exception as err:
         raise ValueError(f"video {path}: cannot decode frame 0: {_first_line(err)}") from err
     return len(reader), float(reader.get_avg_fps()), int(height), int(width)
+
+
+@dataclass(frozen=True, eq=False)
+class VideoProbe:
+    """What a video file holds, read from its header and frame timestamps (no full decode).
+
+    ``height`` and ``width`` are those of the decoded frames (a phone's rotation tag is
+    applied by the decoder, so a vertical video is ``height > width``); ``timestamps (F,)`` are
+    the frames' presentation times in seconds; ``pixel_format`` is ffmpeg's name (``yuv420p``,
+    ``rgba``, ``gray``, …) or ``""`` when ffmpeg does not print one.
+    """
+
+    path: Path
+    num_frames: int
+    height: int
+    width: int
+    timestamps: torch.Tensor
+    pixel_format: str
+
+    @property
+    def intervals(self) -> torch.Tensor:
+        """``(F - 1,)`` seconds between consecutive frames."""
+        return self.timestamps.diff()
+
+    @property
+    def variable_rate(self) -> bool:
+        """True when frame intervals differ by more than 10 % (beyond timestamp rounding)."""
+        steps = self.intervals
+        if len(steps) < 2:
+            return False
+        return bool(steps.max() > 1.1 * steps.min() + 1e-3)
+
+    @property
+    def fps(self) -> float:
+        """The frame rate of the median frame interval (for a constant-rate video: its rate)."""
+        steps = self.intervals
+        median = float(steps.median()) if len(steps) else 0.0
+        return 1.0 / median if median > 0 else 25.0
+
+    @property
+    def has_alpha(self) -> bool:
+        return bool(re.match(r"^(rgba|bgra|argb|abgr|ya|yuva|gbrap|pal8)", self.pixel_format))
+
+    def constant_rate_indices(self, fps: float | None = None) -> list[int]:
+        """Frame indices that play this video at a constant ``fps`` (default :attr:`fps`):
+        at each tick ``k / fps`` the frame on screen then (the last one that started)."""
+        fps = self.fps if fps is None else fps
+        start = float(self.timestamps[0])
+        times = self.timestamps.double() - start
+        end = float(times[-1]) + float(self.intervals.median() if self.num_frames > 1 else 0)
+        ticks = torch.arange(0, max(1, round(end * fps)), dtype=torch.float64) / fps
+        shown = torch.searchsorted(times, ticks + 1e-6, right=True) - 1
+        return shown.clamp(0, self.num_frames - 1).tolist()
+
+
+def probe_video(path: PathLike) -> VideoProbe:
+    """:class:`VideoProbe` of ``path``; ``FileNotFoundError`` / ``ValueError`` naming the file
+    for a missing, empty, unreadable or frameless video."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"video {path} is empty (0 bytes)")
+    reader = _open(path)
+    count = len(reader)
+    if count == 0:
+        raise ValueError(f"video {path} has no frames")
+    try:
+        height, width, _ = reader[0].shape
+        stamps = torch.from_numpy(reader.get_frame_timestamp(range(count))[:, 0].copy())
+    except Exception as err:
+        raise ValueError(f"video {path}: cannot decode it (truncated or corrupt?): "
+                         f"{_first_line(err)}") from err
+    return VideoProbe(path, count, int(height), int(width), stamps.double(),
+                      _pixel_format(path))
+
+
+def _pixel_format(path: Path) -> str:
+    """ffmpeg's pixel format of the first video stream, e.g. ``yuv420p`` (``""`` if unknown)."""
+    import imageio_ffmpeg
+
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                            capture_output=True, text=True, errors="replace", timeout=60)
+    match = re.search(r"Stream #\S+.*?: Video: [^,]+, ([a-z0-9_]+)", result.stderr)
+    return match.group(1) if match else ""
 
 
 def read_video(path: PathLike, frame_indices: Sequence[int] | None = None,
@@ -304,5 +388,5 @@ def _close_quietly(stream) -> None:
         pass
 
 
-__all__ = ["DEFAULT_CRF", "read_image", "read_video", "resize_frames", "video_info",
-           "write_video"]
+__all__ = ["DEFAULT_CRF", "VideoProbe", "probe_video", "read_image", "read_video",
+           "resize_frames", "video_info", "write_video"]

@@ -183,10 +183,12 @@ class FactorPortraitDiT(nn.Module):
         load_wan_weights(model, path)
         return model
 
-    def save_pretrained(self, directory) -> None:
-        """Write ``config.json`` + ``model.safetensors`` atomically to ``directory``."""
+    def save_pretrained(self, directory, trained: dict | None = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` atomically to ``directory``;
+        ``trained`` (``{"height", "width", "frames"}``) records the training size, which the
+        pipeline renders at by default."""
         from factorportrait.models.weights import save_pretrained
-        save_pretrained(self, directory)
+        save_pretrained(self, directory, trained)
 
     @classmethod
     def from_pretrained(cls, directory, map_location: str | torch.device = "cpu"

@@ -83,8 +83,30 @@ def load_wan_weights(model: "FactorPortraitDiT", path: str | os.PathLike) -> Non
                                    f"{result.unexpected_keys}")
 
 
-def save_pretrained(model: "FactorPortraitDiT", directory: str | os.PathLike) -> None:
-    """Write ``config.json`` and ``model.safetensors`` to ``directory`` atomically.
+def config_record(config: DiTConfig, trained: dict | None = None) -> dict:
+    """The ``config.json`` content: format, architecture and, when known, what the weights
+    were trained on (``{"height", "width", "frames"}``: the render default, see
+    :func:`read_trained_size`)."""
+    record = {"format": FORMAT, "config": config.to_dict()}
+    if trained:
+        record["trained"] = {key: int(value) for key, value in trained.items()}
+    return record
+
+
+def read_trained_size(directory: str | os.PathLike) -> tuple[int, int] | None:
+    """``(height, width)`` the checkpoint in ``directory`` was trained at, or None when its
+    ``config.json`` does not say (checkpoints written before the field existed)."""
+    data = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    trained = data.get("trained") if isinstance(data, dict) else None
+    if not isinstance(trained, dict) or not {"height", "width"} <= set(trained):
+        return None
+    return int(trained["height"]), int(trained["width"])
+
+
+def save_pretrained(model: "FactorPortraitDiT", directory: str | os.PathLike,
+                    trained: dict | None = None) -> None:
+    """Write ``config.json`` and ``model.safetensors`` to ``directory`` atomically
+    (``trained``: see :func:`config_record`).
 
     The files are written into a temporary sibling directory which then replaces
     ``directory``; an interrupted save leaves any previous checkpoint intact.
@@ -98,8 +120,8 @@ def save_pretrained(model: "FactorPortraitDiT", directory: str | os.PathLike) ->
         state = {name: tensor.detach().contiguous().cpu()
                  for name, tensor in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (staging / CONFIG_FILE).write_text(json.dumps(
-            {"format": FORMAT, "config": model.config.to_dict()}, indent=2))
+        (staging / CONFIG_FILE).write_text(json.dumps(config_record(model.config, trained),
+                                                      indent=2))
         replace_directory(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

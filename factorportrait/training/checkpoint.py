@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from factorportrait.config import DiTConfig
-from factorportrait.models.weights import CONFIG_FILE, FORMAT, WEIGHTS_FILE, replace_directory
+from factorportrait.models.weights import (CONFIG_FILE, FORMAT, WEIGHTS_FILE, config_record,
+                                           replace_directory)
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_FORMAT = "factorportrait-training-checkpoint/1"
@@ -149,23 +150,24 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------- weights
 
-def save_weights(directory: PathLike, state: dict[str, torch.Tensor], config: DiTConfig
-                 ) -> None:
+def save_weights(directory: PathLike, state: dict[str, torch.Tensor], config: DiTConfig,
+                 trained: dict | None = None) -> None:
     """Write ``config.json`` + ``model.safetensors`` in ``FactorPortraitDiT.save_pretrained``'s
-    format into an existing (staging) directory."""
+    format into an existing (staging) directory (``trained``: the training size and frames,
+    ``models.weights.config_record``)."""
     directory = Path(directory)
     write_safetensors(directory / WEIGHTS_FILE, state, metadata={"format": FORMAT})
-    write_json(directory / CONFIG_FILE, {"format": FORMAT, "config": config.to_dict()})
+    write_json(directory / CONFIG_FILE, config_record(config, trained))
 
 
-def export_weights(directory: PathLike, state: dict[str, torch.Tensor], config: DiTConfig
-                   ) -> None:
+def export_weights(directory: PathLike, state: dict[str, torch.Tensor], config: DiTConfig,
+                   trained: dict | None = None) -> None:
     """:func:`save_weights` to a fresh staging folder, then replace ``directory`` atomically."""
     directory = Path(directory)
     staging = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_weights(staging, state, config)
+    save_weights(staging, state, config, trained)
     replace_directory(staging, directory)
 
 

@@ -371,11 +371,13 @@ class Trainer:
         """``final/`` (and ``final-ema/``): consolidated weights for inference (collective)."""
         weights = self.engine.full_state_dict()
         config = self.engine.module.config
+        trained = {"height": self.config.data.height, "width": self.config.data.width,
+                   "frames": self.config.stage.frames}
         if self.runtime.is_main:
-            ckpt.export_weights(final_dir(self.stage_dir), weights, config)
+            ckpt.export_weights(final_dir(self.stage_dir), weights, config, trained)
             if self.ema is not None:
                 ckpt.export_weights(self.stage_dir / FINAL_EMA_DIR,
-                                    {**weights, **self.ema.state_dict()}, config)
+                                    {**weights, **self.ema.state_dict()}, config, trained)
         if self.config.distributed.export_rank_weights:
             directory = self.stage_dir / "rank_weights"
             directory.mkdir(parents=True, exist_ok=True)

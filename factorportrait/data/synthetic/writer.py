@@ -14,7 +14,6 @@ its own seed, the result is the dataset an uninterrupted run writes.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import multiprocessing
@@ -28,20 +27,16 @@ from tqdm import tqdm
 
 from factorportrait.body import HeadAvatar
 from factorportrait.data.annotations import save_annotations
-from factorportrait.data.format import MANIFEST_NAME, ClipRecord, append_manifest, read_manifest
+from factorportrait.data.format import MANIFEST_NAME, ClipRecord, append_manifest
 from factorportrait.data.synthetic.config import ClipSpec, SyntheticConfig, plan_clips
 from factorportrait.data.synthetic.generator import make_avatar, render_clip
-from factorportrait.io import atomic_write_bytes, write_video
+from factorportrait.data.writing import claim_settings, exclusive, listed_ids, prepare_folders
+from factorportrait.io import write_video
 from factorportrait.io.atomic import PathLike
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no protection against two writers
-    fcntl = None
 
 CONFIG_NAME = "synthetic.json"
 LOCK_NAME = ".make_synthetic.lock"
-FOLDERS = ("videos", "normals", "annotations")
+TOOL = "make_synthetic"
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,7 @@ def generate_dataset(root: PathLike, config: SyntheticConfig, progress: bool = F
     start = time.perf_counter()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root):
+    with exclusive(root, LOCK_NAME, TOOL):
         _claim(root, config)
         plan = plan_clips(config)
         listed = _listed_ids(root, plan)
@@ -130,19 +125,6 @@ def _write_in_worker(root: str, config: SyntheticConfig, spec: ClipSpec) -> Clip
     return write_clip_files(root, spec, config, _avatar(config, spec.identity_index))
 
 
-@contextlib.contextmanager
-def _exclusive(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``root`` (released by the OS if the process dies)."""
-    with open(root / LOCK_NAME, "a") as handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RuntimeError(f"{root}: another make_synthetic run is writing here "
-                                   f"(lock {root / LOCK_NAME})") from None
-        yield
-
-
 def read_config(root: PathLike) -> SyntheticConfig:
     """The ``SyntheticConfig`` a dataset folder was written with (its ``synthetic.json``)."""
     path = Path(root) / CONFIG_NAME
@@ -156,31 +138,14 @@ def read_config(root: PathLike) -> SyntheticConfig:
 
 def _claim(root: Path, config: SyntheticConfig) -> None:
     """Check or write ``synthetic.json``; make the folders; remove stray temporary files."""
-    path = root / CONFIG_NAME
-    if path.is_file():
-        stored = read_config(root)
-        if stored != config:
-            changed = [f"{key}: {value!r} there, {config.to_json()[key]!r} now"
-                       for key, value in stored.to_json().items() if config.to_json()[key] != value]
-            raise ValueError(f"{root} holds a synthetic dataset with other settings "
-                             f"({'; '.join(changed)}); use the same settings to resume, or "
-                             "another folder")
-    elif (root / MANIFEST_NAME).is_file() and (root / MANIFEST_NAME).stat().st_size:
-        raise ValueError(f"{root} has a manifest but no {CONFIG_NAME}: not a folder written "
-                         "by make_synthetic; choose an empty folder")
-    else:
-        atomic_write_bytes(path, (json.dumps(config.to_json(), indent=1) + "\n").encode())
-    for folder in FOLDERS:
-        (root / folder).mkdir(exist_ok=True)
-        for stray in (root / folder).glob(".*.tmp.*"):  # left by a killed atomic write
-            stray.unlink()
+    claim_settings(root, CONFIG_NAME, config.to_json(), TOOL,
+                   read=lambda data: SyntheticConfig.from_json(data).to_json())
+    prepare_folders(root)
 
 
 def _listed_ids(root: Path, plan: list[ClipSpec]) -> set[str]:
     """Ids already in the manifest; ``ValueError`` for ids the plan does not have."""
-    if not (root / MANIFEST_NAME).is_file():
-        return set()
-    listed = {record.id for record in read_manifest(root / MANIFEST_NAME)}
+    listed = listed_ids(root)
     foreign = sorted(listed - {spec.id for spec in plan})
     if foreign:
         raise ValueError(f"{root / MANIFEST_NAME} lists clips this config does not plan "
