@@ -27,6 +27,7 @@ from torch import Tensor
 
 from factorportrait.diffusion.flow_matching import DEFAULT_SHIFT
 from factorportrait.diffusion.guidance import Guidance
+from factorportrait.diffusion.sampler import resolve_guidance
 from factorportrait.inference.control_track import ControlTrack
 from factorportrait.inference.controls import (MODE_FACTORS, ControlPlan, assemble_conditions,
                                                pad_codes, plan_controls, render_plan_normals)
@@ -42,6 +43,19 @@ DEFAULT_GUIDANCE = Guidance("progressive_hybrid", 2.5)  # DeX-Portrait Eq. 5, ω
 DEFAULT_STEPS = 35  # DeX-Portrait's step count; its 5/5/25 split scales to any count
 WINDOW_FRAMES = 81  # the longest training clips (curriculum stage 4)
 WINDOW_OVERLAP = 16  # video frames shared by consecutive windows (4 latent frames)
+
+
+def check_windows(window_frames: int, window_overlap: int, vae_tile: Optional[int]) -> None:
+    """The sliding-window and VAE-tile settings (``ValueError`` naming them)."""
+    if window_frames < 5 or (window_frames - 1) % 4 or \
+            latent_frames(window_frames) <= window_overlap // 4 or window_overlap % 4 \
+            or window_overlap < 0:
+        raise ValueError(f"window_frames (--window-frames) must be 4k + 1 >= 5 and "
+                         f"window_overlap (--window-overlap) a multiple of 4 below "
+                         f"window_frames - 1, got {window_frames}, {window_overlap}")
+    if vae_tile is not None and (vae_tile <= 0 or vae_tile % 64):
+        raise ValueError(f"vae_tile (--vae-tile) must be a positive multiple of 64 pixels, got "
+                         f"{vae_tile}")
 
 
 class FactorPortraitPipeline:
@@ -73,19 +87,14 @@ class FactorPortraitPipeline:
                  window_overlap: int = WINDOW_OVERLAP, vae_tile: Optional[int] = None,
                  normal_supersample: int = 1, face_tracker: Optional[Any] = None,
                  trained_size: Optional[tuple[int, int]] = None) -> None:
-        if window_frames < 5 or latent_frames(window_frames) <= window_overlap // 4 \
-                or window_overlap % 4 or window_overlap < 0:
-            raise ValueError(f"window_frames must be 4k + 1 >= 5 and window_overlap a multiple "
-                             f"of 4 below window_frames - 1, got {window_frames}, "
-                             f"{window_overlap}")
-        if vae_tile is not None and (vae_tile <= 0 or vae_tile % 64):
-            raise ValueError(f"vae_tile must be a positive multiple of 64 pixels, got {vae_tile}")
+        check_windows(window_frames, window_overlap, vae_tile)
         self.dit, self.vae = dit.eval(), vae.eval()
         self.mesh_source, self.expression_encoder = mesh_source, expression_encoder
         self.text_encoder = text_encoder
         self.window_frames, self.window_overlap = window_frames, window_overlap
         self.vae_tile, self.normal_supersample = vae_tile, normal_supersample
         self.face_tracker, self.trained_size = face_tracker, trained_size
+        self.trained_frames: Optional[int] = None
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ loading
@@ -107,7 +116,7 @@ class FactorPortraitPipeline:
         in ``config.json`` becomes the default output size."""
         from factorportrait.inference import loading
         from factorportrait.models.dit import FactorPortraitDiT
-        from factorportrait.models.weights import read_trained_size
+        from factorportrait.models.weights import read_trained
 
         loading.check_checkpoint(directory, preset)
         vae_source = loading.resolve_vae_source(directory, vae_path)
@@ -122,9 +131,13 @@ class FactorPortraitPipeline:
         if encoder_dir is not None and "expression_encoder" not in components:
             components["expression_encoder"] = loading.load_expression_encoder(encoder_dir,
                                                                                 device)
-        components.setdefault("trained_size", read_trained_size(directory))
-        return cls(dit.to(dtype=dtype) if dtype else dit, vae, text_encoder=text_encoder,
+        trained = read_trained(directory)
+        if trained.get("height") and trained.get("width"):
+            components.setdefault("trained_size", (trained["height"], trained["width"]))
+        pipe = cls(dit.to(dtype=dtype) if dtype else dit, vae, text_encoder=text_encoder,
                    **components)
+        pipe.trained_frames = trained.get("frames")
+        return pipe
 
     def to(self, device: str | torch.device | None = None,
            dtype: Optional[torch.dtype] = None) -> "FactorPortraitPipeline":
@@ -169,6 +182,11 @@ class FactorPortraitPipeline:
         (and write) the frames pasted into the full reference photo (docs/tracking.md).
         """
         self.timings = {}
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed (--seed) must be an integer in [0, 2^63), got {seed!r}")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps (--steps) must be an integer >= 1, got {num_steps!r}")
+        guidance = resolve_guidance(guidance)
         # 1. Check inputs (nothing heavy happens before this has passed)
         request = self.check_inputs(
             reference_image, mode=mode, camera_trajectory=camera_trajectory,
@@ -208,7 +226,10 @@ class FactorPortraitPipeline:
         ``width`` the render takes the checkpoint's training size; another size is allowed
         with a warning naming both."""
         inputs = self._default_size(inputs)
+        if self.trained_frames is not None:
+            inputs.setdefault("default_frames", self.trained_frames)
         request = check_render_inputs(reference_image, **inputs)
+        self._check_memory(request)
         factors = MODE_FACTORS[request.mode]
         if factors.expression == "driving":
             track = request.expression_source if request.mode == "mixed" and \
@@ -225,6 +246,16 @@ class FactorPortraitPipeline:
             raise ValueError("prompt needs a text encoder: FactorPortraitPipeline.from_pretrained("
                              "..., text_encoder_path=..., tokenizer_path=...)")
         return request
+
+    def _check_memory(self, request: RenderRequest) -> None:
+        """Refuse, with the figures, a render the device's free memory cannot hold
+        (:mod:`~factorportrait.inference.memory`)."""
+        from factorportrait.inference.memory import check_render_memory
+
+        vae_config = getattr(self.vae, "config", None)
+        check_render_memory(request.height, request.width, request.num_frames,
+                            getattr(vae_config, "dim", 96), self.dit.config.dim,
+                            str(self.device), self.vae_tile)
 
     def _default_size(self, inputs: dict[str, Any]) -> dict[str, Any]:
         height, width = inputs.get("height"), inputs.get("width")
@@ -317,6 +348,8 @@ class FactorPortraitPipeline:
                 progress: bool = True) -> Tensor:
         """Step 6: ``(1, 16, F_lat, h, w)`` float32 latents from seeded noise; sliding
         windows of ``window_frames`` when the video is longer."""
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed (--seed) must be an integer in [0, 2^63), got {seed!r}")
         windows = plan_windows(conditions.latent_frames, latent_frames(self.window_frames),
                                self.window_overlap // 4)
         generator = torch.Generator().manual_seed(seed)
@@ -332,6 +365,9 @@ class FactorPortraitPipeline:
         vae_device = next(self.vae.parameters()).device
         tile = None if self.vae_tile is None else self.vae_tile // 8
         video = self.vae.decode(latents.to(vae_device), tile)[0]  # (3, F, H, W) in [-1, 1]
+        if not bool(torch.isfinite(video).all()):
+            raise ValueError("the VAE decoded non-finite pixels (NaN/Inf) from finite "
+                             "latents: check the VAE's weights and dtype")
         return ((video.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(
             1, 2, 3, 0).cpu().contiguous()
 

@@ -181,8 +181,13 @@ def test_bad_clips_are_skipped_and_counted(damaged, caplog):
     assert "unreadable" in dataset.bad_clips["truncated"]
     assert "no_annotations.safetensors" in dataset.bad_clips["no_annotations"]
     assert len([r for r in caplog.records if "skipping unreadable clip" in r.message]) == 2
-    assert [s["clip_id"] for s in samples] == [f"good{i}" for i in range(4)] + ["good0"] * 4
-    assert torch.equal(samples[4]["video"], dataset[0]["video"])  # the next clip, same draw
+    assert [s["clip_id"] for s in samples[:4]] == [f"good{i}" for i in range(4)]
+    good = {f"good{i}" for i in range(4)}
+    assert all(s["clip_id"] in good for s in samples[4:])
+    assert [s["replaced"] for s in samples] == [""] * 4 + ["truncated", "no_annotations"] * 2
+    again = PortraitClipDataset(damaged, 5, max_bad_fraction=0.4)[4]  # a fresh loader
+    assert again["clip_id"] == samples[4]["clip_id"]  # the replacement is the draw's own
+    assert torch.equal(again["video"], samples[4]["video"])
 
 
 def test_too_many_bad_clips_raise_with_the_list(damaged):
@@ -190,7 +195,8 @@ def test_too_many_bad_clips_raise_with_the_list(damaged):
     assert dataset[0]["clip_id"] == "good0"
     with pytest.raises(TooManyBadClips, match=r"2 of 6 clips(.|\n)*truncated(.|\n)*"
                                                r"no_annotations"):
-        dataset[4]  # truncated (1 of 6 is tolerated), then its substitute no_annotations
+        dataset[4]  # truncated: 1 of 6 is tolerated
+        dataset[5]  # no_annotations: 2 are not
 
 
 def test_frame_count_mismatch_is_a_bad_clip(damaged):
@@ -198,7 +204,8 @@ def test_frame_count_mismatch_is_a_bad_clip(damaged):
     add_clip(damaged / "other", "short_video", frames=7, normals=False, seed=12)
     os.replace(damaged / "other/videos/short_video.mp4", damaged / "videos/short_video.mp4")
     dataset = PortraitClipDataset(damaged, 5, max_bad_fraction=0.5)
-    assert dataset[6]["clip_id"] == "good0"
+    sample = dataset[6]
+    assert sample["clip_id"].startswith("good") and sample["replaced"] == "short_video"
     assert "frame-count mismatch" in dataset.bad_clips["short_video"]
 
 

@@ -87,8 +87,8 @@ def test_frame_count_must_be_4k_plus_1_and_within_the_sources(pipe, video_5):
         call(pipe, driving_video=video_5, control_track=driving_track(5), num_frames=9)
     with pytest.raises(ValueError, match="not 4k \\+ 1: pass num_frames=5"):
         call(pipe, control_track=driving_track(7))
-    with pytest.raises(ValueError, match="num_frames is required"):
-        call(pipe, mode="camera_only", camera_trajectory="orbit")
+    request = pipe.check_inputs(reference_image(), mode="camera_only", camera_trajectory="orbit")
+    assert request.num_frames == 49  # a preset alone: the default length, not an error
 
 
 def test_mismatched_source_lengths(pipe, video_5, tmp_path):
@@ -105,10 +105,12 @@ def test_mismatched_source_lengths(pipe, video_5, tmp_path):
 
 
 def test_sizes_must_be_multiples_of_16(pipe):
-    with pytest.raises(ValueError, match="height must be a positive multiple of 16, got 40"):
+    with pytest.raises(ValueError, match=r"height \(--height\) must be a positive multiple of "
+                                         "16, got 40"):
         call(pipe, control_track=driving_track(), height=40, width=32)
-    odd = torch.zeros(30, 30, 3, dtype=torch.uint8)
-    with pytest.raises(ValueError, match="height must be a positive multiple of 16, got 30"):
+    odd = torch.zeros(40, 48, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"reference_image is 48x40 pixels \(width x height\), "
+                                         r"and without height/width \(--height/--width\)"):
         call(pipe, odd, control_track=driving_track())
 
 

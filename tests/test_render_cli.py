@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factorportrait.cli.render import build_parser, main, trajectory_argument
+from factorportrait.cli.render import UsageError, build_parser, main, trajectory_argument
 from tests.pipeline_helpers import (FRAMES, SIZE, driving_track, reference_image, tiny_dit,
                                     tiny_vae)
 
@@ -58,8 +58,9 @@ def test_input_errors_exit_2_with_a_message_and_no_file(files, tmp_path, capsys)
                  "wan_14b", "--control-track", str(files / "perf.safetensors"), "--out",
                  str(out)])
     assert code == 2 and "not the requested preset 'wan_14b'" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="needs --checkpoint and --out"):
-        main([str(files / "face.png"), "--control-track", str(files / "perf.safetensors")])
+    assert main([str(files / "face.png"), "--control-track", str(files / "perf.safetensors")]) == 2
+    assert "factorportrait-render: error: rendering needs --checkpoint and --out" in \
+        capsys.readouterr().err
 
 
 def test_trajectory_arguments():
@@ -69,5 +70,5 @@ def test_trajectory_arguments():
     assert trajectory_argument(args) == ("spiral", {"degrees": 90, "end_elevation_deg": 10.5,
                                                     "easing": "linear"})
     assert str(trajectory_argument(parse(["f.png", "--trajectory", "cams.json"]))) == "cams.json"
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
+    with pytest.raises(UsageError, match="KEY=VALUE"):
         trajectory_argument(parse(["f.png", "--trajectory", "orbit", "--traj", "degrees"]))

@@ -35,7 +35,9 @@ def write_then_die(path, tensors, metadata=None):
     real_write(path, tensors, metadata)
 
 checkpoint.write_safetensors = write_then_die
-train(tiny_config(Path(sys.argv[1]), *sys.argv[2:]))
+import torch
+torch.set_num_threads(int(sys.argv[2]))  # the test's own count, whatever OMP_NUM_THREADS says
+train(tiny_config(Path(sys.argv[1]), *sys.argv[3:]))
 """
 
 
@@ -43,7 +45,8 @@ train(tiny_config(Path(sys.argv[1]), *sys.argv[2:]))
 def test_kill_during_save_then_resume_matches_the_uninterrupted_run(tmp_path):
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_RUN.format(root=str(ROOT)), str(tmp_path / "killed"),
-         *OVERRIDES], cwd=ROOT, capture_output=True, text=True, timeout=300)
+         str(torch.get_num_threads()), *OVERRIDES], cwd=ROOT, capture_output=True, text=True,
+        timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
     config = tiny_config(tmp_path / "killed", *OVERRIDES)

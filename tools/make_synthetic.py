@@ -110,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.validate:
         from factorportrait.data import validate_dataset
 
-        result = validate_dataset(args.root)
-        for problem in result.problems:
-            print(problem)
-        print(result.summary())
-        return 0 if result.ok else 1
+        return validate_dataset(args.root).print()
     return 0
 
 

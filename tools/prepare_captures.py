@@ -48,11 +48,7 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary())
     if args.validate:
         from factorportrait.data.validate import validate_dataset
-        validation = validate_dataset(args.out)
-        for problem in validation.problems:
-            print(problem)
-        print(validation.summary())
-        return 0 if validation.ok else 1
+        return validate_dataset(args.out).print()
     return 0
 
 

@@ -22,11 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="decode every frame of every video (slow; finds mid-file damage)")
     args = parser.parse_args(argv)
     _quiet_ffmpeg()
-    report = validate_dataset(args.root, full_decode=args.full)
-    for problem in report.problems:
-        print(problem)
-    print(report.summary())
-    return 0 if report.ok else 1
+    return validate_dataset(args.root, full_decode=args.full).print()
 
 
 def _quiet_ffmpeg() -> None:

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(ValueError):
+    """A command-line mistake: printed as one ``factorportrait-render: error:`` line, status 2."""
+
+
 def _value(text: str) -> Any:
     for kind in (int, float):
         try:
@@ -97,17 +101,17 @@ def trajectory_argument(args: argparse.Namespace) -> Any:
     """``--trajectory`` + ``--traj k=v`` -> what the pipeline takes (a path or (name, params))."""
     if args.trajectory is None:
         if args.traj:
-            raise SystemExit("--traj needs --trajectory")
+            raise UsageError("--traj needs --trajectory")
         return None
     if Path(args.trajectory).suffix in (".json", ".txt"):
         if args.traj:
-            raise SystemExit("--traj parameters apply to presets, not camera files")
+            raise UsageError("--traj parameters apply to presets, not camera files")
         return Path(args.trajectory)
     params = {}
     for item in args.traj:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--traj expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--traj expects KEY=VALUE, got {item!r}")
         params[key.replace("-", "_")] = _value(value)
     return (args.trajectory, params)
 
@@ -116,7 +120,7 @@ def mesh_source(args: argparse.Namespace) -> Optional[Any]:
     from factorportrait.inference.mesh_sources import AvatarMeshSource, SMPLXMeshSource
 
     if args.avatar_seed is not None and args.smplx is not None:
-        raise SystemExit("choose one of --avatar-seed and --smplx")
+        raise UsageError("choose one of --avatar-seed and --smplx")
     if args.avatar_seed is not None:
         from factorportrait.body import AvatarIdentity, HeadAvatar
         return AvatarMeshSource(HeadAvatar(AvatarIdentity.sample(seed=args.avatar_seed)))
@@ -145,7 +149,12 @@ def render_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
     reference = None
     if args.reference_track is not None:
-        reference = load_control_track(args.reference_track)[args.reference_frame]
+        track = load_control_track(args.reference_track)
+        if not -len(track) <= args.reference_frame < len(track):
+            raise UsageError(f"--reference-frame {args.reference_frame}: the reference track "
+                             f"{args.reference_track} has {len(track)} frames (0..."
+                             f"{len(track) - 1})")
+        reference = track[args.reference_frame]
     return dict(mode=args.mode, camera_trajectory=trajectory_argument(args),
                 driving_video=args.driving_video, control_track=args.control_track,
                 pose_source=args.pose_track, expression_source=args.expression_track,
@@ -153,17 +162,52 @@ def render_inputs(args: argparse.Namespace) -> dict[str, Any]:
                 height=args.height, width=args.width, fps=args.fps, reference_crop=args.crop)
 
 
+def resolve_device(name: str) -> str:
+    """``--device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``;
+    anything else, or CUDA without a GPU, is a usage error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA GPU is available here (use --device "
+                             "cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
+                             "device(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return str(device)
+
+
+def check_sampling(args: argparse.Namespace):
+    """The sampling options, checked before any weights are read -> the Guidance."""
+    from factorportrait.diffusion.guidance import Guidance
+    from factorportrait.pipeline import check_windows
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
+    check_windows(args.window_frames, args.window_overlap, args.vae_tile)
+    return Guidance(args.guidance, args.guidance_scale)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from factorportrait.diffusion.guidance import Guidance
+    from factorportrait.inference.inputs import check_render_inputs
     from factorportrait.pipeline import FactorPortraitPipeline
 
     inputs, source = render_inputs(args), mesh_source(args)
     tracker = face_tracker(args)
     if args.preview is not None:
         from factorportrait.inference.faces import resolve_faces
-        from factorportrait.inference.inputs import check_render_inputs
         from factorportrait.inference.preview import preview_conditions
         request = check_render_inputs(args.reference, **inputs)
         if request.reference_crop == "face" or request.driving_video is not None:
@@ -172,20 +216,57 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.preview}")
         return 0
     if args.checkpoint is None or args.out is None:
-        raise SystemExit("rendering needs --checkpoint and --out (or --preview to only draw "
+        raise UsageError("rendering needs --checkpoint and --out (or --preview to only draw "
                          "the conditions)")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
+    # Everything cheap first: options, device, the reference image, sources, --out, --fps
+    guidance, device = check_sampling(args), resolve_device(args.device)
+    request = check_render_inputs(args.reference, output_path=args.out,
+                                  **_with_trained_defaults(inputs, args.checkpoint))
+    _check_memory(request, args, device)
     pipe = FactorPortraitPipeline.from_pretrained(
         args.checkpoint, vae_path=args.vae, preset=args.preset, device=device,
         dtype=getattr(torch, args.dtype), text_encoder_path=args.text_encoder,
         tokenizer_path=args.tokenizer, mesh_source=source, window_frames=args.window_frames,
         window_overlap=args.window_overlap, vae_tile=args.vae_tile, face_tracker=tracker)
     frames = pipe(args.reference, **inputs, prompt=args.prompt, num_steps=args.steps,
-                  guidance=Guidance(args.guidance, args.guidance_scale), seed=args.seed,
-                  output_path=args.out, paste_back=args.paste_back)
+                  guidance=guidance, seed=args.seed, output_path=args.out,
+                  paste_back=args.paste_back)
     print(f"wrote {args.out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}")
     return 0
+
+
+def _check_memory(request: Any, args: argparse.Namespace, device: str) -> None:
+    """The render's memory estimate from the checkpoint's config files alone (the pipeline
+    repeats it with the loaded components)."""
+    import json
+
+    from factorportrait.inference.memory import check_render_memory
+    from factorportrait.models.weights import read_config
+
+    vae_dim = 96  # the official Wan 2.1 VAE
+    vae_config = Path(args.checkpoint) / "vae_config.json"
+    if args.vae is None and vae_config.is_file():
+        try:
+            vae_dim = int(json.loads(vae_config.read_text())["config"]["dim"])
+        except (ValueError, KeyError, TypeError):
+            pass  # loading names a broken VAE config
+    check_render_memory(request.height, request.width, request.num_frames, vae_dim,
+                        read_config(args.checkpoint).dim, device, args.vae_tile)
+
+
+def _with_trained_defaults(inputs: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+    """``inputs`` with the checkpoint's training size and length as defaults (read from its
+    ``config.json`` alone), as the pipeline will apply them."""
+    from factorportrait.models.weights import read_config, read_trained
+
+    read_config(checkpoint)  # a missing or broken checkpoint is named here, before weights
+    trained = read_trained(checkpoint)
+    out = dict(inputs)
+    if out.get("height") is None and out.get("width") is None and "height" in trained:
+        out.update(height=trained["height"], width=trained["width"])
+    if "frames" in trained:
+        out["default_frames"] = trained["frames"]
+    return out
 
 
 def main(argv: Optional[list[str]] = None) -> int:

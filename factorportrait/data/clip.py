@@ -64,6 +64,9 @@ class ClipSource:
         path = record.resolve(root, "annotations")
         annotations = load_annotations(path)
         count, height, width = annotations.num_frames, annotations.height, annotations.width
+        if record.num_frames is not None and record.num_frames != count:
+            raise ValueError(f"clip {record.id!r}: the manifest says {record.num_frames} "
+                             f"frames, annotations {path} have {count}")
         if check_videos:
             for name in ("video", "normals"):
                 video = record.resolve(root, name)
@@ -124,4 +127,10 @@ class ClipSource:
             value = getattr(ann, name)
             if value is not None:
                 out[name] = value[frames].float()
+        for name, value in out.items():  # the validator's check, on the window served
+            finite = torch.isfinite(value).flatten(1).all(1)
+            if not bool(finite.all()):
+                bad = frames[int((~finite).nonzero()[0, 0])]
+                raise ValueError(f"clip {self.record.id!r}: annotation {name} has NaN/Inf "
+                                 f"values at frame {bad}")
         return out

@@ -29,9 +29,12 @@ DiT's inputs. Samples are pure functions of ``(seed, clip id, draw)``; ``DrawSam
 each index of a stream with its position as the draw, so every visit of a clip draws a new
 window and a resumed stream repeats exactly.
 
-Unreadable clips (a corrupt video, a missing annotation file, mismatched frame counts, …)
-are logged once, recorded in ``bad_clips`` and replaced by the next readable clip of the same
-kind; when more than ``max_bad_fraction`` of the clips are bad, ``TooManyBadClips`` lists them.
+Unreadable clips (a corrupt video, a missing annotation file, mismatched frame counts,
+non-finite annotations in the window, …) are logged once, recorded in ``bad_clips`` and
+replaced by a readable clip of the same kind drawn at random (a pure function of the draw, so
+the mixture and every clip's share stay fair and resuming repeats it); the sample's
+``replaced`` names what it stands for. When more than ``max_bad_fraction`` of the clips are
+bad, ``TooManyBadClips`` lists them.
 With DataLoader workers each worker keeps its own record (every worker finds the same bad
 clips when it reaches them).
 """
@@ -63,6 +66,7 @@ from factorportrait.io.atomic import PathLike
 REFERENCE_POLICIES = ("same_clip", "other_view")
 DEFAULT_REFERENCE = {"studio": "other_view"}  # every other kind: "same_clip"
 LOADING_ERRORS = (OSError, ValueError, RuntimeError)  # what a bad clip raises
+REPLACEMENT_DRAWS = 10_000  # uniform draws tried for a bad clip's replacement
 LOG = logging.getLogger(__name__)
 
 
@@ -203,8 +207,11 @@ class PortraitClipDataset(Dataset):
 
     # -- samples ----------------------------------------------------------------------------------
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        """Sample of clip ``index`` for ``draw`` (default 0); a bad clip is replaced by the next
-        readable clip of its kind (in index order, cyclically) with the same draw."""
+        """Sample of clip ``index`` for ``draw`` (default 0). A bad clip is replaced by a clip
+        of its kind drawn uniformly at random — candidates come from a generator seeded by
+        ``(seed, clip id, draw)``, so the replacement is a pure function of the draw (fair to
+        every good clip, and the same after a resume) — with the same draw; the sample's
+        ``replaced`` names the bad clip it stands for (``""`` when none)."""
         index, draw = (item if isinstance(item, tuple) else (item, 0))
         index, draw = operator.index(index), operator.index(draw)
         if not -len(self) <= index < len(self):
@@ -212,19 +219,29 @@ class PortraitClipDataset(Dataset):
                              f"{len(self)} clips")
         record = self.records[index % len(self)]
         same_kind = self._by_kind[record.kind]
-        first = self._kind_position[index % len(self)]
-        for step in range(len(same_kind)):
-            record = self.records[same_kind[(first + step) % len(same_kind)]]
-            if record.id in self.bad_clips:
-                continue
-            try:
-                return self._sample(record, draw)
-            except TooManyBadClips:
-                raise
-            except LOADING_ERRORS as err:
-                self._mark_bad(record, err)
+        for candidate in self._candidates(record, draw, same_kind):
+            if candidate.id not in self.bad_clips:
+                try:
+                    sample = self._sample(candidate, draw)
+                except TooManyBadClips:
+                    raise
+                except LOADING_ERRORS as err:
+                    self._mark_bad(candidate, err)
+                else:
+                    sample["replaced"] = "" if candidate is record else record.id
+                    return sample
+            if all(self.records[i].id in self.bad_clips for i in same_kind):
+                break
         raise TooManyBadClips(f"PortraitClipDataset: every {record.kind} clip is unreadable:\n"
                               + self._bad_listing())
+
+    def _candidates(self, record: ClipRecord, draw: int, same_kind: Sequence[int]
+                    ) -> Iterator[ClipRecord]:
+        """``record``, then uniform draws among its kind (replacements for a bad clip)."""
+        yield record
+        rng = sample_rng(self.seed, f"replacement:{record.id}", draw)
+        for _ in range(REPLACEMENT_DRAWS):
+            yield self.records[same_kind[int(rng.integers(len(same_kind)))]]
 
     def _mark_bad(self, record: ClipRecord, err: BaseException) -> None:
         reason = f"{type(err).__name__}: {err}"

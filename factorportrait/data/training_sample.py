@@ -98,6 +98,7 @@ def to_training_sample(sample: Mapping[str, Any], vae: torch.nn.Module | None = 
         normal_latents = torch.zeros_like(latents)  # no normal maps: the dropped condition
     expression, source = expression_features(sample)
     out = {key: sample[key] for key in PASSED_THROUGH}
+    out["replaced"] = sample.get("replaced", "")  # the bad clip(s) this sample stands for
     out.update(latents=latents, reference_latent=reference_latent,
                normal_latents=normal_latents, expression=expression, expression_source=source,
                rays=dit_rays(sample["reference_camera"], sample["cameras"], height,

@@ -60,6 +60,14 @@ class ValidationReport:
         return (f"{len(self.problems)} problem(s) in {len(clips)} of {self.num_clips} clips "
                 f"({self.root})")
 
+    def print(self) -> int:
+        """Print every problem and the summary (what the tools' ``--validate`` shows) ->
+        the exit status: 0 when the dataset is OK, 1 otherwise."""
+        for problem in self.problems:
+            print(problem)
+        print(self.summary())
+        return 0 if self.ok else 1
+
 
 def validate_dataset(root: PathLike, full_decode: bool = False) -> ValidationReport:
     """Check the dataset at ``root`` (folder with ``manifest.jsonl``, or the manifest file).

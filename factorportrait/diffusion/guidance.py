@@ -115,6 +115,9 @@ def _step_weights(mode: str, scale: float, alpha: float) -> dict[str, float]:
     return {"full": scale * alpha, "no_expression": scale * (1.0 - alpha), "null": 1.0 - scale}
 
 
+MAX_SCALE = 50.0  # the largest guidance scale accepted (CFG scales in use are 1-15)
+
+
 def guidance_weights(mode: str, num_steps: int, scale: float = DEX_SCALE,
                      exclude_fraction: float = DEX_EXCLUDE_FRACTION,
                      blend_fraction: float = DEX_BLEND_FRACTION) -> list[StepGuidance]:
@@ -130,8 +133,10 @@ def guidance_weights(mode: str, num_steps: int, scale: float = DEX_SCALE,
     """
     if mode not in GUIDANCE_MODES:
         raise ValueError(f"mode must be one of {GUIDANCE_MODES}, got {mode!r}")
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale)
+            and 0 <= scale <= MAX_SCALE):
+        raise ValueError(f"guidance scale must be a number in [0, {MAX_SCALE:g}] (DeX-Portrait "
+                         f"uses 2.5; beyond a few tens the velocity overflows), got {scale!r}")
     if mode == "progressive_hybrid":
         alphas = progressive_expression_blend(num_steps, exclude_fraction, blend_fraction)
     else:

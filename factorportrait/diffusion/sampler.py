@@ -25,6 +25,25 @@ from factorportrait.models.conditions import PortraitConditions
 StepCallback = Callable[[int, float, torch.Tensor], None]
 
 
+class NonFiniteLatentsError(ValueError):
+    """The sampler's latents became NaN or Inf (a ``ValueError``: the inputs caused it)."""
+
+
+def check_finite_latents(latents: torch.Tensor, step: int, num_steps: int, sigma: float,
+                         guidance: Guidance) -> None:
+    """Stop the sampler when ``latents`` hold NaN or Inf after Euler step ``step``, naming
+    the likely causes (the weights and conditions are checked before sampling, so what is
+    left is the guidance scale or a model that overflows)."""
+    if bool(torch.isfinite(latents).all()):
+        return
+    bad = int((~torch.isfinite(latents)).sum())
+    raise NonFiniteLatentsError(
+        f"sampling produced non-finite latents at step {step + 1} of {num_steps} "
+        f"(σ = {sigma:.3f}; {bad} of {latents.numel()} values NaN/Inf): the guidance scale "
+        f"({guidance.mode}, ω = {guidance.scale:g}) may be too large, or the DiT's weights or "
+        "dtype overflow (try float32, or check the checkpoint)")
+
+
 def flow_sigmas(num_steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
     """Wan's sampling σ from 1 down to 0 -> ``(num_steps + 1,)`` float64, last entry 0.
 
@@ -149,7 +168,8 @@ def sample(model: VelocityModel, conditions: PortraitConditions, *,
     Returns:
         ``(B, 16, F_lat, h, w)`` float32 denoised latents.
     """
-    schedule = resolve_guidance(guidance).schedule(num_steps)
+    guidance = resolve_guidance(guidance)
+    schedule = guidance.schedule(num_steps)
     sigmas = flow_sigmas(num_steps, shift).tolist()
     latents = initial_noise(conditions, generator, noise)
     variants: dict[str, PortraitConditions] = {}
@@ -163,6 +183,7 @@ def sample(model: VelocityModel, conditions: PortraitConditions, *,
                                        list(weights), batch_cfg, batched_cache)
         velocity = combine(predictions, weights)  # float32
         latents = latents + (sigmas[step.step + 1] - sigmas[step.step]) * velocity
+        check_finite_latents(latents, step.step, num_steps, sigmas[step.step], guidance)
         if callback is not None:
             callback(step.step, sigmas[step.step], latents)
     return latents

@@ -271,6 +271,14 @@ def make_trajectory(name: str, **params: object) -> Cameras:
                          f"valid choices: {', '.join(valid)}")
     if "frames" not in params:
         raise ValueError(f"trajectory preset {name!r} needs frames=<int >= 1>")
+    signature = inspect.signature(preset).parameters
+    for key, value in params.items():
+        default = signature[key].default
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if (numeric or key == "frames") and (isinstance(value, bool) or not isinstance(
+                value, (int, float)) or not math.isfinite(value)):
+            raise ValueError(f"trajectory preset {name!r}: {key} must be a number, got "
+                             f"{value!r}")
     return preset(**params)
 
 

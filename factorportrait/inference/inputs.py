@@ -9,6 +9,7 @@ multiples of 16, an output path that cannot be written.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from factorportrait.inference.controls import (CONTROL_MODES, MODE_FACTORS,
 from factorportrait.io.video import read_image, read_video, resize_frames, video_info
 
 DEFAULT_FPS = 16.0  # Wan 2.1's frame rate (81 frames = 5 s)
+DEFAULT_FRAMES = 49  # a render's length when nothing else fixes it (3 s at 16 fps)
+MIN_IMAGE_SIDE = 32  # pixels: a smaller reference image is refused, not upscaled
 REFERENCE_CROPS = ("auto", "face", "center")
 PathLike = Union[str, os.PathLike]
 ImageInput = Union[PathLike, Tensor, np.ndarray]
@@ -83,8 +86,8 @@ def check_size(height: int, width: int) -> None:
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < PIXEL_MULTIPLE \
                 or value % PIXEL_MULTIPLE:
-            raise ValueError(f"{name} must be a positive multiple of {PIXEL_MULTIPLE}, got "
-                             f"{value!r}")
+            raise ValueError(f"{name} (--{name}) must be a positive multiple of "
+                             f"{PIXEL_MULTIPLE}, got {value!r}")
 
 
 def load_reference_image(image: ImageInput, height: int | None, width: int | None
@@ -100,12 +103,28 @@ def load_reference_image(image: ImageInput, height: int | None, width: int | Non
             if pixels.ndim != 3 or pixels.shape[0] != 3 or not pixels.is_floating_point():
                 raise ValueError(f"reference_image: expected uint8 (H, W, 3) or float (3, H, W) "
                                  f"in [-1, 1], got {pixels.dtype} {tuple(pixels.shape)}")
+            finite = torch.isfinite(pixels)
+            if not bool(finite.all()):
+                raise ValueError(f"reference_image: {int((~finite).sum())} of "
+                                 f"{pixels.numel()} values are NaN/Inf; expected float "
+                                 "(3, H, W) in [-1, 1]")
             pixels = ((pixels.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte()
     else:
         raise ValueError(f"reference_image: expected a path or an image tensor, got "
                          f"{type(image).__name__}")
     if pixels.ndim != 3 or pixels.shape[-1] != 3:
         raise ValueError(f"reference_image: expected (H, W, 3) RGB, got {tuple(pixels.shape)}")
+    if min(pixels.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ValueError(f"reference_image is {pixels.shape[1]}x{pixels.shape[0]} pixels: too "
+                         f"small for a portrait (at least {MIN_IMAGE_SIDE} px on each side)")
+    if height is None and width is None:
+        try:
+            check_size(pixels.shape[0], pixels.shape[1])
+        except ValueError:
+            raise ValueError(f"reference_image is {pixels.shape[1]}x{pixels.shape[0]} pixels "
+                             f"(width x height), and without height/width (--height/--width) "
+                             f"the render takes its size, which must be multiples of "
+                             f"{PIXEL_MULTIPLE}: pass height and width") from None
     height = pixels.shape[0] if height is None else height
     width = pixels.shape[1] if width is None else width
     check_size(height, width)
@@ -195,9 +214,11 @@ def _preset_trajectory(trajectory: TrajectoryInput, frames: int, height: int,
         raise ValueError(f"camera_trajectory: {err}") from err
 
 
-def resolve_num_frames(num_frames: int | None, lengths: Mapping[str, int]) -> int:
-    """The frame count: ``num_frames`` (``4k + 1``, at most the common length of the sources)
-    or that common length. Sources of different lengths are an error."""
+def resolve_num_frames(num_frames: int | None, lengths: Mapping[str, int],
+                       default: int = DEFAULT_FRAMES) -> int:
+    """The frame count: ``num_frames`` (``4k + 1``, at most the common length of the sources),
+    or that common length, or ``default`` when no source fixes one (a camera preset alone).
+    Sources of different lengths are an error."""
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{name} {count}" for name, count in lengths.items())
         raise ValueError(f"the control sources have different frame counts ({listed}); give "
@@ -205,8 +226,7 @@ def resolve_num_frames(num_frames: int | None, lengths: Mapping[str, int]) -> in
     available = next(iter(lengths.values()), None)
     if num_frames is None:
         if available is None:
-            raise ValueError("num_frames is required when no driving video, control track or "
-                             "camera file fixes the length")
+            return default
         if (available - 1) % 4:
             raise ValueError(f"the sources have {available} frames, which is not 4k + 1: pass "
                              f"num_frames={available - (available - 1) % 4}")
@@ -221,14 +241,31 @@ def resolve_num_frames(num_frames: int | None, lengths: Mapping[str, int]) -> in
 
 
 def output_path_or_none(output_path: PathLike | None) -> Path | None:
+    """The output path, checked before any work: an ``.mp4`` name that is not a folder, in
+    a folder that exists and can be written to."""
     if output_path is None:
         return None
     path = Path(output_path)
+    if path.is_dir():
+        raise ValueError(f"output_path {path} is a folder; name an .mp4 file")
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"output_path {path} must end in .mp4")
     if not path.parent.is_dir():
         raise ValueError(f"output_path {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output_path {path}: folder {path.parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"output_path {path} exists and is not writable")
     return path
+
+
+def check_fps(fps: float | None) -> float | None:
+    if fps is None:
+        return None
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (
+            math.isfinite(fps) and 0 < fps <= 240):
+        raise ValueError(f"fps (--fps) must be a number in (0, 240], got {fps!r}")
+    return float(fps)
 
 
 def check_render_inputs(reference_image: ImageInput, *, mode: str = "driving",
@@ -242,14 +279,15 @@ def check_render_inputs(reference_image: ImageInput, *, mode: str = "driving",
                         expression_source: ControlTrack | PathLike | None = None,
                         normal_maps: PathLike | Tensor | None = None,
                         reference: ControlTrack | None = None, fps: float | None = None,
-                        output_path: PathLike | None = None, reference_crop: str = "auto"
-                        ) -> RenderRequest:
+                        output_path: PathLike | None = None, reference_crop: str = "auto",
+                        default_frames: int = DEFAULT_FRAMES) -> RenderRequest:
     """Validate everything cheap about a render -> :class:`RenderRequest` (module docstring).
 
     ``reference_crop``: ``"face"``, ``"center"`` or ``"auto"`` — ``"center"`` when a
     ``reference`` track is given (its camera belongs to the image as it is), else ``"face"``
     (step 2 falls back to the centre crop when it finds no face and the mode does not need
-    one)."""
+    one). ``default_frames``: the length when no source fixes one (a preset trajectory
+    alone)."""
     if mode not in CONTROL_MODES:
         raise ValueError(f"mode must be one of {CONTROL_MODES}, got {mode!r}")
     if reference_crop not in REFERENCE_CROPS:
@@ -259,6 +297,7 @@ def check_render_inputs(reference_image: ImageInput, *, mode: str = "driving",
         reference_crop = "center" if reference is not None else "face"
     photo, image, height, width = load_reference_image(reference_image, height, width)
     output = output_path_or_none(output_path)
+    fps = check_fps(fps)
     driving = _track(control_track, "control_track")
     if expression_codes is not None:
         codes = torch.as_tensor(expression_codes)
@@ -270,7 +309,7 @@ def check_render_inputs(reference_image: ImageInput, *, mode: str = "driving",
     lengths, video_fps = _lengths(driving, driving_video, sources, trajectory, normal_maps,
                                   "control_track" if control_track is not None
                                   else "expression_codes")
-    frames = resolve_num_frames(num_frames, lengths)
+    frames = resolve_num_frames(num_frames, lengths, default_frames)
     if camera_trajectory is not None and trajectory is None:
         trajectory = _preset_trajectory(camera_trajectory, frames, height, width)
     if trajectory is not None and len(trajectory) not in (1, frames):
@@ -340,6 +379,8 @@ def _lengths(driving: ControlTrack | None, driving_video: Any, sources: dict,
                    if isinstance(normal_maps, Tensor) else type(normal_maps).__name__)
             raise ValueError(f"normal_maps: expected a video path or float (F, 3, H, W) in "
                              f"[0, 1], got {got}")
+        if not bool(torch.isfinite(normal_maps).all()):
+            raise ValueError("normal_maps: NaN/Inf values; expected (F, 3, H, W) in [0, 1]")
         lengths["normal_maps"] = normal_maps.shape[0]
     return lengths, video_fps
 
@@ -376,6 +417,10 @@ def load_normal_maps(request: RenderRequest) -> Tensor | None:
         frames = read_video(maps, range(request.num_frames), size)  # (F, H, W, 3) uint8
         return frames.permute(0, 3, 1, 2).float() / 255.0
     maps = maps[:request.num_frames].float()
+    finite = torch.isfinite(maps).flatten(1).all(1)
+    if not bool(finite.all()):
+        raise ValueError(f"normal_maps: NaN/Inf values, first at frame "
+                         f"{int((~finite).nonzero()[0, 0])}; expected (F, 3, H, W) in [0, 1]")
     if tuple(maps.shape[-2:]) != size:
         maps = torch.nn.functional.interpolate(maps, size=size, mode="bilinear",
                                                antialias=True, align_corners=False)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -27,7 +28,7 @@ from factorportrait.models.vae import CONFIG_FILE as VAE_CONFIG_FILE
 from factorportrait.models.vae import WEIGHTS_FILE as VAE_WEIGHTS_FILE
 from factorportrait.models.vae import VAEConfig, WanVAE
 from factorportrait.models.weights import (CONFIG_FILE, WEIGHTS_FILE, WeightsMismatchError,
-                                           read_config)
+                                           check_weights_header, read_config)
 
 TEXT_CONTEXT_LENGTH = 512  # Wan pads umT5 prompts to 512 tokens
 
@@ -38,10 +39,6 @@ def check_checkpoint(directory: str | os.PathLike, preset: Optional[str] = None)
     Raises ``FileNotFoundError`` (missing directory / files), ``WeightsMismatchError`` (a config
     other than ``preset``; tensors missing, unexpected or mis-shaped in ``model.safetensors``).
     """
-    from safetensors import safe_open
-
-    from factorportrait.models.dit import FactorPortraitDiT
-
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
@@ -53,23 +50,7 @@ def check_checkpoint(directory: str | os.PathLike, preset: Optional[str] = None)
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint {directory}: {WEIGHTS_FILE} is missing (next to "
                                 f"{CONFIG_FILE})")
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in FactorPortraitDiT(config).state_dict().items()}
-    try:
-        with safe_open(str(weights), framework="pt") as handle:
-            found = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as err:  # SafetensorError, OSError
-        raise WeightsMismatchError(f"{weights} is unreadable (truncated or not safetensors?): "
-                                   f"{err}") from err
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    shapes = [f"{k} {found[k]} != {v}" for k, v in expected.items()
-              if k in found and found[k] != v]
-    problems = [f"{label} {items[:6]}" for label, items in (
-        ("missing", missing), ("unexpected", unexpected), ("wrong shapes", shapes)) if items]
-    if problems:
-        raise WeightsMismatchError(f"{weights} does not match its {CONFIG_FILE} "
-                                   f"({config.describe()}): " + "; ".join(problems))
+    check_weights_header(weights, config)
     return config
 
 
@@ -82,12 +63,43 @@ def resolve_vae_source(directory: str | os.PathLike,
         if not path.exists():
             raise FileNotFoundError(f"vae_path {path} does not exist (expected Wan2.1_VAE.pth, "
                                     f"a .safetensors file or a directory with {VAE_CONFIG_FILE})")
-        return path
+        return check_vae_source(path)
     directory = Path(directory)
     if (directory / VAE_CONFIG_FILE).is_file() and (directory / VAE_WEIGHTS_FILE).is_file():
-        return directory
+        return check_vae_source(directory)
     raise FileNotFoundError(f"no VAE for checkpoint {directory}: it has no {VAE_CONFIG_FILE} + "
                             f"{VAE_WEIGHTS_FILE}; pass vae_path='…/Wan2.1_VAE.pth'")
+
+
+TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; a legacy pickle
+
+
+def check_vae_source(path: Path) -> Path:
+    """The cheap part of loading a VAE, before any weights are read: a folder's config parses
+    and its safetensors header reads; a ``.safetensors`` file's header reads; a ``.pth`` file
+    starts like a ``torch.save`` file. ``ValueError`` naming the file otherwise."""
+    from safetensors import safe_open
+
+    header = path / VAE_WEIGHTS_FILE if path.is_dir() else path
+    if path.is_dir():
+        try:
+            VAEConfig(**json.loads((path / VAE_CONFIG_FILE).read_text())["config"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path / VAE_CONFIG_FILE} is not a VAE config: {err}") from err
+    if header.suffix == ".safetensors":
+        try:
+            with safe_open(str(header), framework="pt") as handle:
+                list(handle.keys())
+        except Exception as err:  # SafetensorError, OSError
+            raise ValueError(f"VAE weights {header} are unreadable (truncated or not "
+                             f"safetensors?): {str(err).splitlines()[0]}") from err
+        return path
+    with open(header, "rb") as handle:
+        start = handle.read(4)
+    if not start.startswith(TORCH_FILE_MAGIC):
+        raise ValueError(f"vae_path {header} is not a torch weights file (Wan2.1_VAE.pth) or "
+                         f".safetensors file: it starts with {start!r}")
+    return path
 
 
 def load_vae(source: Path, config: Optional[VAEConfig] = None) -> WanVAE:
@@ -160,11 +172,12 @@ def load_text_encoder(weights_path: str | os.PathLike, tokenizer_path: str | os.
     if not tokenizer_dir.is_dir():
         raise FileNotFoundError(f"tokenizer folder {tokenizer_dir} does not exist (Wan 2.1's "
                                 f"google/umt5-xxl folder)")
+    from factorportrait.io.tensors import read_safetensors, read_torch_weights
+
     if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(weights))
+        state = read_safetensors(weights, "text encoder weights")
     else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = read_torch_weights(weights, "text encoder weights")
     encoder, tokenizer = backbone.wan_text_encoder(tokenizer_dir, TEXT_CONTEXT_LENGTH)
     encoder.load_state_dict(state)
     return UMT5TextEncoder(encoder.to(device, dtype), tokenizer)

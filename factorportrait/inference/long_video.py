@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 
 from factorportrait.diffusion.flow_matching import DEFAULT_SHIFT, VelocityModel
 from factorportrait.diffusion.guidance import Guidance, branch_conditions, combine
-from factorportrait.diffusion.sampler import (effective_weights, flow_sigmas, initial_noise,
-                                              predict_branches, resolve_guidance)
+from factorportrait.diffusion.sampler import (check_finite_latents, effective_weights,
+                                              flow_sigmas, initial_noise, predict_branches,
+                                              resolve_guidance)
 from factorportrait.models.conditions import PortraitConditions
 
 TEMPORAL_STRIDE = 4  # video frames per latent frame (after the first)
@@ -131,7 +132,8 @@ def sample_windows(model: VelocityModel, conditions: PortraitConditions,
     window covering the video the result equals ``sample`` exactly.
     Returns ``(B, 16, L, h, w)`` float32 latents.
     """
-    schedule = resolve_guidance(guidance).schedule(num_steps)
+    guidance = resolve_guidance(guidance)
+    schedule = guidance.schedule(num_steps)
     sigmas = flow_sigmas(num_steps, shift).tolist()
     latents = initial_noise(conditions, generator, noise)  # (B, 16, L, h, w)
     sliced = [window_conditions(conditions, window) for window in windows]
@@ -154,6 +156,7 @@ def sample_windows(model: VelocityModel, conditions: PortraitConditions,
                 blend = window.weights.to(latents)[None, None, :, None, None]
                 velocity[:, :, window.start:window.stop] += blend * window_velocity
         latents = latents + (sigmas[step.step + 1] - sigma) * velocity
+        check_finite_latents(latents, step.step, num_steps, sigma, guidance)
         if callback is not None:
             callback(step.step, sigma, latents)
     return latents

@@ -259,21 +259,46 @@ def read_image(path: PathLike) -> torch.Tensor:
     """Read an image file → ``uint8`` tensor ``(H, W, 3)`` RGB.
 
     EXIF orientation is applied (phone photos); grey, palette and RGBA images are converted to
-    RGB (alpha is dropped). Raises ``FileNotFoundError`` / ``ValueError`` naming the file.
+    RGB (alpha is dropped); 16-bit grey images are rescaled to 8 bits. Raises
+    ``FileNotFoundError`` / ``ValueError`` naming the file (a folder is named as one).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image {path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with Image.open(path) as image:
             image.load()
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
+            image = ImageOps.exif_transpose(image)
+            if image.mode in WIDE_MODES:  # 16-bit / 32-bit grey: rescale, do not clip
+                return _wide_grey_to_rgb(np.array(image), image.mode, path)
+            rgb = image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"image {path} is unreadable (truncated or not an image?): "
                          f"{_first_line(err)}") from err
     return torch.from_numpy(np.array(rgb, dtype=np.uint8))
+
+
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL's high-bit-depth single-channel modes
+
+
+def _wide_grey_to_rgb(array: np.ndarray, mode: str, path: Path) -> torch.Tensor:
+    """A 16-bit (or 32-bit integer / float) grey image -> ``uint8 (H, W, 3)``: 16-bit values
+    scaled by 255/65535 (PIL's own ``convert("RGB")`` clips them to 0/255); float images must
+    lie in [0, 1]."""
+    values = array.astype(np.float64)
+    if mode == "F":
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise ValueError(f"image {path} is a float image with values outside [0, 1]")
+        scaled = values * 255
+    else:
+        top = 65535.0 if values.max() <= 65535 else float(values.max())
+        scaled = values * (255.0 / top)
+    grey = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    return torch.from_numpy(np.repeat(grey[..., None], 3, axis=2))
 
 
 # -- writing ----------------------------------------------------------------------------------

@@ -157,9 +157,9 @@ def resolve_weight_files(path: str | Path) -> list[Path]:
 
 def load_weight_files(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a (possibly sharded) safetensors checkpoint, on CPU."""
-    from safetensors.torch import load_file
+    from factorportrait.io.tensors import read_safetensors
 
     state: dict[str, torch.Tensor] = {}
     for file in resolve_weight_files(path):
-        state.update(load_file(str(file)))
+        state.update(read_safetensors(file, "Wan DiT weights"))
     return state

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from factorportrait.io.atomic import atomic_output, atomic_write_bytes
@@ -222,8 +222,10 @@ class ExpressionEncoder(nn.Module):
             raise ValueError(f"{config_path}: not an expression encoder config (format "
                              f"{data.get('format') if isinstance(data, dict) else None!r}, "
                              f"expected {FORMAT!r})")
+        from factorportrait.io.tensors import read_safetensors
+
         encoder = cls(ExpressionEncoderConfig(**data["config"]))
-        state = load_file(str(weights_path), device=str(map_location))
+        state = read_safetensors(weights_path, "expression encoder weights", map_location)
         missing, unexpected = encoder.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{weights_path}: weights do not match the config: missing "

@@ -138,17 +138,13 @@ class WanVAE(nn.Module):
     def from_wan(cls, path: str | os.PathLike, config: VAEConfig | None = None) -> "WanVAE":
         """Load official Wan 2.1 VAE weights (``Wan2.1_VAE.pth`` through
         ``torch.load(weights_only=True)``, or a safetensors file) with official key names."""
+        from factorportrait.io.tensors import read_safetensors, read_torch_weights
+
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"VAE weights {path} do not exist")
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
+            state = read_safetensors(path, "VAE weights")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model_state", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict of tensors")
+            state = read_torch_weights(path, "VAE weights")
         vae = cls(config)
         expected = {k: tuple(v.shape) for k, v in vae.model.state_dict().items()}
         missing = sorted(set(expected) - set(state))
@@ -185,14 +181,23 @@ class WanVAE(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "WanVAE":
         """Load a directory written by :meth:`save_pretrained`."""
-        from safetensors.torch import load_file
+        from factorportrait.io.tensors import read_safetensors
         directory = Path(directory)
         if not (directory / CONFIG_FILE).exists() or not (directory / WEIGHTS_FILE).exists():
             raise FileNotFoundError(f"{directory} is not a FactorPortrait VAE checkpoint: "
                                     f"expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-        data = json.loads((directory / CONFIG_FILE).read_text())
-        vae = cls(VAEConfig(**data["config"]))
-        vae.model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        try:
+            data = json.loads((directory / CONFIG_FILE).read_text())
+            config = VAEConfig(**data["config"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{directory / CONFIG_FILE} is not a VAE config: {err}") from err
+        state = read_safetensors(directory / WEIGHTS_FILE, "VAE weights")
+        vae = cls(config)
+        try:
+            vae.model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{directory / WEIGHTS_FILE} does not match {CONFIG_FILE}: "
+                             f"{str(err).splitlines()[0]}") from err
         return vae
 
 

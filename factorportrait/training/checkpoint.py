@@ -230,6 +230,49 @@ def commit(root: PathLike, step: int, trainer_state: dict[str, Any], keep_last: 
     return target
 
 
+NATIVE_FOLDER = "deepspeed"  # DeepSpeed's own (pickled) files inside a checkpoint
+
+
+def digest_folder(folder: PathLike) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` (none if it is missing)."""
+    import hashlib
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    digests = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        sha = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        digests[path.relative_to(folder).as_posix()] = sha.hexdigest()
+    return digests
+
+
+def verify_folder(folder: PathLike, digests: dict[str, str] | None) -> None:
+    """Refuse to let DeepSpeed unpickle anything in ``folder`` we did not write: every file
+    must be one recorded at save time with its sha256 (``digests``) and none may be missing;
+    ``ValueError`` saying why otherwise."""
+    folder = Path(folder)
+    found = digest_folder(folder)
+    if not found:
+        return
+    if digests is None:
+        raise ValueError(f"{folder} holds DeepSpeed files (read with pickle) but the checkpoint "
+                         "records no digests for them: refusing to load files this library "
+                         "did not write (a checkpoint from an older version? re-save it)")
+    unknown = sorted(set(found) - set(digests))
+    missing = sorted(set(digests) - set(found))
+    changed = sorted(name for name in set(found) & set(digests) if found[name] != digests[name])
+    if unknown or missing or changed:
+        parts = [f"{label} {names[:5]}" for label, names in (
+            ("not written by this run:", unknown), ("missing:", missing),
+            ("changed since saved:", changed)) if names]
+        raise ValueError(f"{folder}: refusing to load DeepSpeed's pickled files, which do not "
+                         f"match the digests recorded at save time ({'; '.join(parts)})")
+
+
 def prune(root: PathLike, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` checkpoints (renamed away first)."""
     for _, path in list_checkpoints(root)[:-keep_last]:

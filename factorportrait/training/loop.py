@@ -32,6 +32,7 @@ import torch
 
 from factorportrait.diffusion.flow_matching import flow_matching_loss
 from factorportrait.models.dit import FactorPortraitDiT
+from factorportrait.models.weights import read_config
 from factorportrait.training import checkpoint as ckpt
 from factorportrait.training.batches import (batch_to_conditions, build_dataset, build_loader,
                                              fixed_batches)
@@ -99,17 +100,29 @@ def seeded_generator(*words: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(high) << 32) | int(low))
 
 
+def restore_threads(threads: Optional[int], path: Path) -> None:
+    """Exact resume needs the thread count the run was saved with (reductions split
+    differently give losses ~1e-7 apart per step): restore it, saying so."""
+    if threads is None or threads == torch.get_num_threads():
+        return
+    LOG.warning("%s was written with %d torch threads, this process has %d: using %d, so the "
+                "resumed run repeats the uninterrupted one exactly", path, threads,
+                torch.get_num_threads(), threads)
+    torch.set_num_threads(int(threads))
+
+
 def build_model(config: TrainConfig) -> FactorPortraitDiT:
     """The DiT at the start of this stage: previous stage / Wan weights / seeded init."""
     dit_config = config.model.dit_config()
     torch.manual_seed(config.seed)
     init_from = resolve_init_from(config)
     if init_from is not None:
-        model = FactorPortraitDiT.from_pretrained(init_from)
-        if model.config != dit_config:
+        stored = read_config(init_from)  # checked before any weights are allocated
+        if stored != dit_config:
             raise ValueError(f"{config.stage.name}: {init_from} holds a "
-                             f"{model.config.describe()} DiT, but this run trains "
+                             f"{stored.describe()} DiT, but this run trains "
                              f"{dit_config.describe()} (model={config.model.preset})")
+        model = FactorPortraitDiT.from_pretrained(init_from)
     elif config.model.wan_weights == "???":
         raise ValueError(f"model.wan_weights is required: {config.stage.name} starts from Wan "
                          f"2.1 T2V weights (stage.init_from is null) and model="
@@ -167,6 +180,7 @@ class Trainer:
                     if config.validation.render_every and runtime.is_main else None)
         self.dropout = config.diffusion.condition_dropout()
         self.step = self.skipped_steps = self.bad_in_a_row = 0
+        self.bad_clips: dict[str, set[str]] = {}  # kind -> the bad clips replaced so far
         self.logger = TrainingLogger(self.stage_dir, config.stage.steps, 0, enabled=False)
 
     def _bare_model(self) -> FactorPortraitDiT:
@@ -226,7 +240,9 @@ class Trainer:
         lr = engine.lr  # the lr of this step (DeepSpeed steps its scheduler inside backward)
         losses = []
         for micro in range(self.accumulation):
-            latents, conditions = batch_to_conditions(next(batches), self.runtime.device)
+            batch = next(batches)
+            self.record_bad_clips(batch)
+            latents, conditions = batch_to_conditions(batch, self.runtime.device)
             generator = seeded_generator(config.seed, self.step, micro, self.runtime.rank)
             with engine.autocast():
                 loss, _ = flow_matching_loss(engine.model, latents, conditions, generator,
@@ -239,7 +255,15 @@ class Trainer:
         grad_norm, applied = engine.step(skip=not bool(torch.isfinite(local_loss)))
         self.check_step(loss, grad_norm, applied)
         return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "applied": applied,
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps,
+                "bad_clips": {kind: len(ids) for kind, ids in sorted(self.bad_clips.items())}}
+
+    def record_bad_clips(self, batch: dict[str, Any]) -> None:
+        """Remember, per kind, the bad clips this rank's samples stood in for (the dataset
+        names them in ``replaced``); they go to ``metrics.jsonl`` and the trainer state."""
+        for kind, replaced in zip(batch.get("kind", ()), batch.get("replaced", ())):
+            if replaced:
+                self.bad_clips.setdefault(kind, set()).add(str(replaced))
 
     def check_step(self, loss: float, grad_norm: float, applied: bool) -> None:
         """Count a step whose loss or gradient was not finite; stop after too many in a row."""
@@ -308,7 +332,9 @@ class Trainer:
                 "world_size": self.runtime.world_size, "seed": self.config.seed,
                 "global_batch_size": self.config.train.global_batch_size,
                 "sampler": {**self.sampler.state_dict(), "samples_consumed": consumed},
-                "skipped_steps": self.skipped_steps, "bad_steps_in_a_row": self.bad_in_a_row}
+                "skipped_steps": self.skipped_steps, "bad_steps_in_a_row": self.bad_in_a_row,
+                "bad_clips": {kind: sorted(ids) for kind, ids in sorted(self.bad_clips.items())},
+                "torch_threads": torch.get_num_threads()}
 
     def save(self) -> None:
         """Write checkpoint ``self.step`` atomically (collective; see checkpoint.py)."""
@@ -330,8 +356,9 @@ class Trainer:
                 ckpt.write_safetensors(staging / "ema.safetensors", self.ema.state_dict())
         runtime.barrier()
         if runtime.is_main:
-            ckpt.commit(self.checkpoints, self.step, self.trainer_state(),
-                        self.config.checkpoint.keep_last)
+            state = self.trainer_state()
+            state["native_digests"] = ckpt.digest_folder(staging / ckpt.NATIVE_FOLDER)
+            ckpt.commit(self.checkpoints, self.step, state, self.config.checkpoint.keep_last)
         runtime.barrier()
 
     def load(self, path: Path) -> None:
@@ -346,6 +373,8 @@ class Trainer:
             self.engine.load_module_state(ckpt.load_weights(path, device))
             self.engine.load_optimizer_state(
                 ckpt.load_tree(ckpt.rank_stem(path, "optimizer", rank), device))
+        if self.engine.native:  # DeepSpeed unpickles these: only what we wrote and recorded
+            ckpt.verify_folder(path / ckpt.NATIVE_FOLDER, state.get("native_digests"))
         self.engine.load_native(path)
         self.engine.scheduler.load_state_dict(ckpt.load_tree(path / "scheduler"))
         if self.ema is not None:
@@ -354,6 +383,8 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
         self.bad_in_a_row = state["bad_steps_in_a_row"]
+        self.bad_clips = {kind: set(ids) for kind, ids in state.get("bad_clips", {}).items()}
+        restore_threads(state.get("torch_threads"), path)
         LOG.info("resumed %s from %s at step %d", self.config.stage.name, path, self.step)
 
     def _load_ema(self, path: Path) -> None:
