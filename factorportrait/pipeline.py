@@ -148,7 +148,26 @@ class FactorPortraitPipeline:
 
     @property
     def device(self) -> torch.device:
+        """Where the DiT computes (its first parameter's device: with block offload the
+        resident part's)."""
         return next(self.dit.parameters()).device
+
+    def enable_sequence_parallel(self, group: Any = None, mode: str = "auto") -> Any:
+        """Split the DiT's token sequence over the ranks of ``group`` (default: every rank of
+        the launched job, e.g. ``torchrun --nproc_per_node N``): Ulysses or all-gather
+        attention (``training/sequence_parallel.py``). Every rank renders the same video;
+        write it from rank 0."""
+        from factorportrait.training import sequence_parallel
+
+        return sequence_parallel.install(self.dit, group, mode)
+
+    def enable_block_offload(self, resident: int, device: str | torch.device | None = None
+                             ) -> Any:
+        """Keep ``resident`` DiT blocks on ``device`` (default: the DiT's) and stream the
+        others from host memory for their turn (:mod:`~factorportrait.inference.offload`)."""
+        from factorportrait.inference.offload import enable_block_offload
+
+        return enable_block_offload(self.dit, resident, device or self.device)
 
     # ------------------------------------------------------------------ call
 

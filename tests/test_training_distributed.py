@@ -104,3 +104,52 @@ def test_several_processes_need_a_deepspeed_config(monkeypatch):
     monkeypatch.delenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", raising=False)
     with pytest.raises(ValueError, match="2 processes were launched but no DeepSpeed config"):
         init_runtime(None)
+
+
+def _kill_after(output_root, step: int, *overrides: str) -> None:
+    """Launch like :func:`launch`, SIGKILL the whole process group once ``step`` is logged."""
+    import signal
+    import time
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_DEEPSPEED_CONFIG_FILE", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "tools/train.py", *RUN, f"output_root={output_root}", *overrides],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    metrics = stage_dir(output_root) / "metrics.jsonl"
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if metrics.is_file() and any(json.loads(line)["step"] >= step
+                                         for line in metrics.read_text().splitlines()
+                                         if line.strip() and '"loss"' in line):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.slow
+def test_two_process_zero3_with_zero_init_resumes_exactly_after_kill_9(tmp_path):
+    """ZeRO-3 builds the model under zero.Init (each rank its half) and, killed with SIGKILL
+    mid-run, resumes to the very losses and weights of an uninterrupted run."""
+    run = [ZERO3, "stage.steps=12", "checkpoint.every=3"]
+    launch(tmp_path / "straight", *run)
+    _kill_after(tmp_path / "killed", 7, *run)
+    checkpoints = stage_dir(tmp_path / "killed") / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("step-"))[-1] in (
+        "step-00000006", "step-00000009")
+    launch(tmp_path / "killed", *run)
+    resumed, straight = (loss_curve(stage_dir(tmp_path / name)) for name in ("killed",
+                                                                             "straight"))
+    differing = [step for step in straight if resumed.get(step) != straight[step]]
+    assert list(resumed) == list(range(1, 13)) and differing == []
+    final = load_weights(stage_dir(tmp_path / "killed") / "final")
+    expected = load_weights(stage_dir(tmp_path / "straight") / "final")
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    state = json.loads((checkpoints / "step-00000012" / "trainer_state.json").read_text())
+    assert state["engine"] == "zero3" and state["native_digests"]  # DeepSpeed files recorded

@@ -1,4 +1,4 @@
-"""Benchmarks: python tools/benchmark.py {dit,render,sample,train,track} [--json] [options].
+"""Benchmarks: python tools/benchmark.py {dit,render,sample,train,track,plan,parallel} [--json] [options].
 
 Each prints a readable table; with --json the table goes to stderr and stdout carries one
 JSON object. Implementations live in factorportrait/benchmarks/.
@@ -18,6 +18,8 @@ BENCHMARKS = {
     "sample": "factorportrait.benchmarks.sample",
     "train": "factorportrait.benchmarks.train",
     "track": "factorportrait.benchmarks.track",
+    "plan": "factorportrait.benchmarks.plan",
+    "parallel": "factorportrait.benchmarks.parallel",
 }
 
 

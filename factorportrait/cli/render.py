@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--text-encoder", help="models_t5_umt5-xxl-enc-bf16.pth")
     model.add_argument("--tokenizer", help="google/umt5-xxl tokenizer folder")
     model.add_argument("--device", default="auto")
+    model.add_argument("--offload-blocks", type=int, metavar="K",
+                       help="low memory: keep K DiT blocks on the device, stream the rest "
+                       "from host memory")
+    model.add_argument("--sequence-parallel-mode", default="auto",
+                       choices=("auto", "ulysses", "allgather"),
+                       help="under torchrun --nproc_per_node N the DiT's tokens are split "
+                       "over the N ranks (rank 0 writes the video)")
     model.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     return parser
 
@@ -194,6 +202,8 @@ def check_sampling(args: argparse.Namespace):
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if not 0 <= args.seed < 2**63:
         raise UsageError(f"--seed must be an integer in [0, 2^63), got {args.seed}")
+    if args.offload_blocks is not None and args.offload_blocks < 0:
+        raise UsageError(f"--offload-blocks must be >= 0, got {args.offload_blocks}")
     check_windows(args.window_frames, args.window_overlap, args.vae_tile)
     return Guidance(args.guidance, args.guidance_scale)
 
@@ -220,6 +230,9 @@ def run(args: argparse.Namespace) -> int:
                          "the conditions)")
     # Everything cheap first: options, device, the reference image, sources, --out, --fps
     guidance, device = check_sampling(args), resolve_device(args.device)
+    ranks = _launched_ranks()
+    if ranks > 1 and device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     request = check_render_inputs(args.reference, output_path=args.out,
                                   **_with_trained_defaults(inputs, args.checkpoint))
     _check_memory(request, args, device)
@@ -228,11 +241,32 @@ def run(args: argparse.Namespace) -> int:
         dtype=getattr(torch, args.dtype), text_encoder_path=args.text_encoder,
         tokenizer_path=args.tokenizer, mesh_source=source, window_frames=args.window_frames,
         window_overlap=args.window_overlap, vae_tile=args.vae_tile, face_tracker=tracker)
+    main_rank = True
+    if ranks > 1:  # torchrun: one sequence-parallel group of every rank
+        from factorportrait.training.distributed import init_process_group
+        init_process_group(torch.device(device))
+        pipe.enable_sequence_parallel(mode=args.sequence_parallel_mode)
+        main_rank = torch.distributed.get_rank() == 0
+    if args.offload_blocks is not None:
+        pipe.enable_block_offload(args.offload_blocks, device)
     frames = pipe(args.reference, **inputs, prompt=args.prompt, num_steps=args.steps,
-                  guidance=guidance, seed=args.seed, output_path=args.out,
-                  paste_back=args.paste_back)
-    print(f"wrote {args.out}: {frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}")
+                  guidance=guidance, seed=args.seed, output_path=args.out if main_rank else None,
+                  paste_back=args.paste_back, progress=main_rank)
+    if main_rank:
+        print(f"wrote {args.out}: {frames.shape[0]} frames, {frames.shape[2]}x"
+              f"{frames.shape[1]}" + (f" ({ranks} ranks, sequence parallel)" if ranks > 1
+                                      else ""))
     return 0
+
+
+def _launched_ranks() -> int:
+    """``WORLD_SIZE`` of a ``torchrun`` launch (1 otherwise)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"environment variable WORLD_SIZE={value!r} must be an integer") \
+            from None
 
 
 def _check_memory(request: Any, args: argparse.Namespace, device: str) -> None:

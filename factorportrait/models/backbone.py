@@ -94,6 +94,13 @@ def wan_text_encoder(tokenizer_dir: str | Path, context_length: int
     return WanTextEncoder(), tokenizer
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int
+              ) -> torch.Tensor:
+    """The one attention dispatcher (diffsynth's: flash-attention where installed, PyTorch
+    SDPA otherwise): ``q (B, Lq, H·D)``, ``k, v (B, Lk, H·D)`` -> ``(B, Lq, H·D)``."""
+    return wan_dit_module().flash_attention(q, k, v, num_heads)
+
+
 def timestep_embedding(freq_dim: int, timestep: torch.Tensor) -> torch.Tensor:
     """Wan's sinusoidal embedding of ``timestep (B,)`` -> ``(B, freq_dim)`` (cos, sin)."""
     return wan_dit_module().sinusoidal_embedding_1d(freq_dim, timestep)
@@ -153,13 +160,3 @@ def resolve_weight_files(path: str | Path) -> list[Path]:
         raise ValueError(f"{path}: expected a .safetensors file or a *.safetensors.index.json "
                          f"(pickled .pth/.bin files are not loaded)")
     return [path]
-
-
-def load_weight_files(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a (possibly sharded) safetensors checkpoint, on CPU."""
-    from factorportrait.io.tensors import read_safetensors
-
-    state: dict[str, torch.Tensor] = {}
-    for file in resolve_weight_files(path):
-        state.update(read_safetensors(file, "Wan DiT weights"))
-    return state

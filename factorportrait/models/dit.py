@@ -87,6 +87,13 @@ class FactorPortraitDiT(nn.Module):
         self.register_buffer("null_context",
                              torch.zeros(1, config.context_length, config.text_dim))
         self.gradient_checkpointing = False
+        # Sequence parallelism, installed from outside (training/sequence_parallel.py): an
+        # object whose split() takes this rank's share of every frame's tokens (and their
+        # RoPE) and whose gather() puts the outputs back together. None: one device.
+        self.sequence_parallel = None
+        # Low-memory rendering, installed from outside (inference/offload.py): an object whose
+        # load(block) / release(block) bring a block's weights in and out. None: all resident.
+        self.block_offload = None
 
     # ------------------------------------------------------------------ forward
 
@@ -143,13 +150,23 @@ class FactorPortraitDiT(nn.Module):
         frame_modulation = self.time_projection(t_frames).unflatten(2, (6, self.config.dim))
         context = self.embed_context(conditions.context, batch)
         freqs = backbone.rope_frequencies(self.config.head_dim, *grid, device=x.device)
+        parallel = self.sequence_parallel
+        if parallel is not None:  # this rank's tokens of every frame: (B, 1+F, S/P, D)
+            x, freqs = parallel.split(x, freqs)
+        offload = self.block_offload
         for block in self.blocks:
+            if offload is not None:
+                offload.load(block)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block_forward, block, x, context, frame_modulation, freqs,
                                use_reentrant=False)
             else:
                 x = block_forward(block, x, context, frame_modulation, freqs)
+            if offload is not None:
+                offload.release(block)
         x = self.head_forward(x[:, 1:], t_frames[:, 1:])  # generated frames only
+        if parallel is not None:
+            x = parallel.gather(x)  # (B, F, S, patch)
         patch_t, patch_h, patch_w = self.config.patch_size
         return rearrange(x, "b f (h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)",
                          h=grid[1], w=grid[2], pt=patch_t, ph=patch_h, pw=patch_w)

@@ -33,6 +33,18 @@ def frame_position_encoding(frames: int, width: int, device: torch.device,
     return encoding.to(dtype)
 
 
+class ZeroLinear(nn.Linear):
+    """A linear layer that starts at zero — zeroed in its own ``__init__``, so the zeros hold
+    where parameters are partitioned as each module is built (``deepspeed.zero.Init``), which
+    would miss a parent zeroing its child after the fact."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        with torch.no_grad():
+            self.weight.zero_()
+            self.bias.zero_()
+
+
 class ExpressionController(nn.Module):
     """Maps per-video-frame expression codes to per-latent-frame AdaLN offsets."""
 
@@ -47,9 +59,7 @@ class ExpressionController(nn.Module):
             for _ in range(config.expression_layers)
         ])
         self.norm = nn.LayerNorm(width)
-        self.output = nn.Linear(4 * width, config.dim)
-        nn.init.zeros_(self.output.weight)  # every new path starts at zero
-        nn.init.zeros_(self.output.bias)
+        self.output = ZeroLinear(4 * width, config.dim)  # every new path starts at zero
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes (B, T, 128)`` with ``T = 4·(F_lat−1)+1`` -> ``e (B, F_lat, dim)``."""

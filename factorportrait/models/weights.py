@@ -38,18 +38,22 @@ def _format_keys(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def check_wan_state(model: "FactorPortraitDiT", state: dict[str, torch.Tensor],
-                    source: str) -> None:
-    """Raise :class:`WeightsMismatchError` listing missing / unexpected / mis-shaped keys."""
-    config = model.config
+def check_wan_shapes(config: DiTConfig, found: dict[str, tuple[int, ...]], source: str
+                     ) -> None:
+    """Raise :class:`WeightsMismatchError` listing missing / unexpected / mis-shaped keys of
+    Wan 2.1 T2V weights (``found``: name -> shape) for a DiT of ``config``."""
+    from factorportrait.models.dit import FactorPortraitDiT
+
+    with torch.device("meta"):
+        model = FactorPortraitDiT(config)
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()
                 if not name.startswith(NEW_PREFIXES)}
     expected["patch_embedding.weight"] = (config.dim, config.latent_channels, *config.patch_size)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(f"{name} {tuple(state[name].shape)} != {shape}"
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(f"{name} {tuple(found[name])} != {shape}"
                         for name, shape in expected.items()
-                        if name in state and tuple(state[name].shape) != shape)
+                        if name in found and tuple(found[name]) != shape)
     if missing or unexpected or mismatched:
         problems = []
         if missing:
@@ -65,23 +69,115 @@ def check_wan_state(model: "FactorPortraitDiT", state: dict[str, torch.Tensor],
               "14B: DiTConfig.wan_14b())?")
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+class SafetensorsFile:
+    """A ``.safetensors`` file read tensor by tensor with ``pread`` — not memory-mapped, so a
+    process that reads a whole checkpoint does not keep its pages resident (with ``mmap``,
+    rank 0 of a ZeRO-3 load would hold every page of the file it streamed)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as handle:
+                length = int.from_bytes(handle.read(8), "little")
+                if not 0 < length <= self.path.stat().st_size - 8:
+                    raise ValueError(f"header length {length} does not fit the file")
+                header = json.loads(handle.read(length))
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise WeightsMismatchError(f"{self.path} is unreadable (truncated or not "
+                                       f"safetensors?): {err}") from err
+        header.pop("__metadata__", None)
+        self._data_start = 8 + length
+        self._entries = header
+        size = self.path.stat().st_size - self._data_start
+        for key, entry in header.items():
+            begin, end = entry["data_offsets"]
+            if entry.get("dtype") not in SAFETENSORS_DTYPES or not 0 <= begin <= end <= size:
+                raise WeightsMismatchError(f"{self.path}: tensor {key!r} has dtype "
+                                           f"{entry.get('dtype')!r} or offsets {begin}..{end} "
+                                           f"outside the {size}-byte data (truncated?)")
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._entries[key]["shape"])
+
+    def get(self, key: str) -> torch.Tensor:
+        entry = self._entries[key]
+        begin, end = entry["data_offsets"]
+        with open(self.path, "rb") as handle:
+            data = bytearray(os.pread(handle.fileno(), end - begin, self._data_start + begin))
+        if len(data) != end - begin:
+            raise WeightsMismatchError(f"{self.path}: tensor {key!r} is cut short (truncated)")
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        if not data:
+            return torch.empty(self.shape(key), dtype=dtype)
+        return torch.frombuffer(data, dtype=dtype).reshape(self.shape(key))
+
+
+class WeightReader:
+    """The tensors of a DiT checkpoint, read one at a time and named as the model's
+    parameters and buffers — so no process holds more than the model and one tensor, and
+    under ZeRO-3 each rank holds its partition and one tensor.
+
+    ``wan=True``: official Wan 2.1 T2V safetensors (one file, a ``*.safetensors.index.json``
+    of shards, or a folder): the 16-channel patch embedding is widened with zeros; the new
+    modules (:data:`NEW_PREFIXES`) are absent and keep their initialisation. ``wan=False``:
+    our ``model.safetensors``. Every name and shape is checked against ``config`` from the
+    headers before any tensor is read; each tensor read is checked finite.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: DiTConfig, wan: bool) -> None:
+        self.config, self.wan, self.path = config, wan, Path(path)
+        files = backbone.resolve_weight_files(path) if wan else [Path(path)]
+        if not wan:
+            check_weights_header(self.path, config)
+        self._where: dict[str, SafetensorsFile] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file in files:
+            handle = SafetensorsFile(file)
+            for key in handle.keys():
+                self._where[key] = handle
+                shapes[key] = handle.shape(key)
+        if wan:
+            check_wan_shapes(config, shapes, f"Wan checkpoint {path}")
+        self.names = frozenset(shapes)
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor for the model's ``name``."""
+        from factorportrait.io.tensors import check_finite
+
+        tensor = self._where[name].get(name)
+        if self.wan and name == "patch_embedding.weight":
+            widened = torch.zeros(self.config.dim, self.config.in_channels,
+                                  *self.config.patch_size, dtype=tensor.dtype)
+            widened[:, : self.config.latent_channels] = tensor
+            tensor = widened
+        check_finite({name: tensor}, str(self.path))
+        return tensor
+
+    def load_into(self, model: "FactorPortraitDiT") -> None:
+        """Copy every tensor into a whole (unpartitioned) model, one at a time."""
+        with torch.no_grad():
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                if name in self.names:
+                    tensor.copy_(self.get(name))
+
+
 def load_wan_weights(model: "FactorPortraitDiT", path: str | os.PathLike) -> None:
-    """Load official Wan 2.1 T2V DiT weights into ``model``.
+    """Load official Wan 2.1 T2V DiT weights into ``model``, one tensor at a time.
 
     ``path``: one ``.safetensors`` file, a ``*.safetensors.index.json`` of shards, or a
     directory with either. The pretrained 16-channel patch embedding is copied into the
     widened one; the new channels and modules keep their zero initialisation.
     """
-    state = backbone.load_weight_files(path)
-    check_wan_state(model, state, f"Wan checkpoint {path}")
-    model.patch_embedding.load_wan_weight(state.pop("patch_embedding.weight"),
-                                          state.pop("patch_embedding.bias"))
-    result = model.load_state_dict(state, strict=False)
-    leftover = [name for name in result.missing_keys
-                if not name.startswith(NEW_PREFIXES) and not name.startswith("patch_embedding")]
-    if leftover or result.unexpected_keys:  # check_wan_state makes this unreachable
-        raise WeightsMismatchError(f"Wan checkpoint {path}: missing {leftover}, unexpected "
-                                   f"{result.unexpected_keys}")
+    WeightReader(path, model.config, wan=True).load_into(model)
 
 
 def config_record(config: DiTConfig, trained: dict | None = None) -> dict:
@@ -242,19 +338,13 @@ def check_weights_header(weights: Path, config: DiTConfig) -> None:
 
 def load_pretrained(cls: type, directory: str | os.PathLike,
                     map_location: str | torch.device = "cpu") -> "FactorPortraitDiT":
-    """Build ``cls(config)`` from a directory written by :func:`save_pretrained`."""
-    from factorportrait.io.tensors import read_safetensors
-
+    """Build ``cls(config)`` from a directory written by :func:`save_pretrained`: the config
+    and the weights' header checked first, then the tensors copied in one at a time."""
     config = read_config(directory)
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"{directory}: {WEIGHTS_FILE} is missing")
-    check_weights_header(weights, config)  # before anything is allocated
-    state = read_safetensors(weights, "DiT weights", map_location)
+    reader = WeightReader(weights, config, wan=False)  # checks before anything is allocated
     model = cls(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise WeightsMismatchError(f"{weights} does not match its {CONFIG_FILE} "
-                                   f"({config.describe()}): {error}") from error
+    reader.load_into(model)
     return model.to(map_location)

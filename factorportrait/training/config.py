@@ -243,10 +243,22 @@ class LoggingSpec:
 class DistributedSpec:
     """``deepspeed_config``: a JSON file of ``recipes/deepspeed/`` (also taken from
     accelerate's ``ACCELERATE_DEEPSPEED_CONFIG_FILE``); required when more than one process
-    trains. ``export_rank_weights``: each rank also writes its local weights (a check)."""
+    trains. ``export_rank_weights``: each rank also writes its local weights (a check).
+    ``sequence_parallel``: ranks that split each sample's token sequence (groups of
+    consecutive ranks; 1: off), ``sequence_parallel_mode``: ``auto`` (Ulysses where the head
+    count divides the degree, else all-gather), ``ulysses`` or ``allgather``
+    (``training/sequence_parallel.py``)."""
 
     deepspeed_config: Optional[str] = None
     export_rank_weights: bool = False
+    sequence_parallel: int = 1
+    sequence_parallel_mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        _positive("distributed.sequence_parallel", self.sequence_parallel, integer=True)
+        if self.sequence_parallel_mode not in ("auto", "ulysses", "allgather"):
+            raise ValueError(f"distributed.sequence_parallel_mode must be auto, ulysses or "
+                             f"allgather, got {self.sequence_parallel_mode!r}")
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,16 @@ import torch
 
 from factorportrait.diffusion.flow_matching import flow_matching_loss
 from factorportrait.models.dit import FactorPortraitDiT
-from factorportrait.models.weights import read_config
+from factorportrait.models.weights import WEIGHTS_FILE, WeightReader, read_config
 from factorportrait.training import checkpoint as ckpt
+from factorportrait.training import sequence_parallel
+from factorportrait.training.sequence_parallel import data_parallel_rank
 from factorportrait.training.batches import (batch_to_conditions, build_dataset, build_loader,
                                              fixed_batches)
 from factorportrait.training.config import TrainConfig
 from factorportrait.training.curriculum import (FINAL_EMA_DIR, final_dir, resolve_init_from,
                                                 stage_finished)
-from factorportrait.training.distributed import (DeepSpeedEngine, Runtime,
+from factorportrait.training.distributed import (DeepSpeedEngine, Runtime, build_partitioned,
                                                  fill_deepspeed_config, init_runtime)
 from factorportrait.training.engines import Engine, PlainEngine
 from factorportrait.training.metrics import TrainingLogger
@@ -111,10 +113,32 @@ def restore_threads(threads: Optional[int], path: Path) -> None:
     torch.set_num_threads(int(threads))
 
 
-def build_model(config: TrainConfig) -> FactorPortraitDiT:
-    """The DiT at the start of this stage: previous stage / Wan weights / seeded init."""
+def build_model(config: TrainConfig, partition: Optional[dict] = None,
+                load: bool = True) -> FactorPortraitDiT:
+    """The DiT at the start of this stage: previous stage / Wan weights / seeded init, read
+    one tensor at a time (:class:`~factorportrait.models.weights.WeightReader`).
+
+    ``partition``: a ZeRO-3 DeepSpeed config — the model is built under ``zero.Init`` with
+    every parameter partitioned as it is created, and filled shard by shard, so no rank ever
+    holds it whole (``training/distributed.py``). ``load=False``: the seeded init only (a
+    resume overwrites it)."""
     dit_config = config.model.dit_config()
     torch.manual_seed(config.seed)
+    reader = weight_reader(config, dit_config) if load else None
+    if partition is not None:
+        model = build_partitioned(dit_config, partition, reader)
+    else:
+        model = FactorPortraitDiT(dit_config)
+        if reader is not None:
+            reader.load_into(model)
+    select_trainable(model, config.model.trainable)
+    model.enable_gradient_checkpointing(config.model.gradient_checkpointing)
+    return model.train()
+
+
+def weight_reader(config: TrainConfig, dit_config) -> Optional[WeightReader]:
+    """Where this stage's weights come from: ``stage.init_from`` (our checkpoint, its config
+    checked first), ``model.wan_weights`` (official Wan 2.1), or nothing (seeded init)."""
     init_from = resolve_init_from(config)
     if init_from is not None:
         stored = read_config(init_from)  # checked before any weights are allocated
@@ -122,24 +146,42 @@ def build_model(config: TrainConfig) -> FactorPortraitDiT:
             raise ValueError(f"{config.stage.name}: {init_from} holds a "
                              f"{stored.describe()} DiT, but this run trains "
                              f"{dit_config.describe()} (model={config.model.preset})")
-        model = FactorPortraitDiT.from_pretrained(init_from)
-    elif config.model.wan_weights == "???":
+        return WeightReader(Path(init_from) / WEIGHTS_FILE, dit_config, wan=False)
+    if config.model.wan_weights == "???":
         raise ValueError(f"model.wan_weights is required: {config.stage.name} starts from Wan "
                          f"2.1 T2V weights (stage.init_from is null) and model="
                          f"{config.model.preset} has no default path")
-    elif config.model.wan_weights:
-        model = FactorPortraitDiT.from_wan(config.model.wan_weights, dit_config)
-    else:
-        model = FactorPortraitDiT(dit_config)
-    select_trainable(model, config.model.trainable)
-    model.enable_gradient_checkpointing(config.model.gradient_checkpointing)
-    return model.train()
+    if config.model.wan_weights:
+        return WeightReader(config.model.wan_weights, dit_config, wan=True)
+    return None
+
+
+def sequence_group(runtime: Runtime, degree: int):
+    """The process group of this rank's sequence-parallel group (consecutive ranks); every
+    rank creates every group, in order, as ``new_group`` requires."""
+    if degree == runtime.world_size:
+        return None  # the whole world
+    groups = [torch.distributed.new_group(list(range(start, start + degree)))
+              for start in range(0, runtime.world_size, degree)]
+    return groups[runtime.rank // degree]
+
+
+def training_precision(config: TrainConfig, runtime: Runtime) -> bool:
+    """bf16 (True) or float32."""
+    precision = config.train.mixed_precision
+    return precision == "bf16" or (precision == "auto" and runtime.device.type == "cuda")
+
+
+def filled_deepspeed_config(config: TrainConfig, runtime: Runtime, accumulation: int) -> dict:
+    return fill_deepspeed_config(
+        runtime.deepspeed_config, config.train.micro_batch_size, accumulation,
+        runtime.world_size, config.optim.grad_clip, training_precision(config, runtime),
+        source=runtime.deepspeed_config_path)
 
 
 def build_engine(model: FactorPortraitDiT, config: TrainConfig, runtime: Runtime,
                  accumulation: int) -> Engine:
-    precision = config.train.mixed_precision
-    bf16 = precision == "bf16" or (precision == "auto" and runtime.device.type == "cuda")
+    bf16 = training_precision(config, runtime)
     if runtime.deepspeed_config is None:
         model.to(runtime.device)
     optimizer = build_optimizer(model, config.optim, config.lr)
@@ -147,9 +189,7 @@ def build_engine(model: FactorPortraitDiT, config: TrainConfig, runtime: Runtime
     if runtime.deepspeed_config is None:
         return PlainEngine(model, optimizer, scheduler, accumulation, config.optim.grad_clip,
                            runtime.device, torch.bfloat16 if bf16 else None)
-    ds_config = fill_deepspeed_config(
-        runtime.deepspeed_config, config.train.micro_batch_size, accumulation,
-        runtime.world_size, config.optim.grad_clip, bf16, source=runtime.deepspeed_config_path)
+    ds_config = filled_deepspeed_config(config, runtime, accumulation)
     return DeepSpeedEngine(model, optimizer, scheduler, ds_config)
 
 
@@ -160,9 +200,19 @@ class Trainer:
         self.config, self.runtime = config, runtime
         self.stage_dir = Path(config.stage_dir)
         self.checkpoints = self.stage_dir / "checkpoints"
-        self.accumulation = config.train.accumulation(runtime.world_size)
+        degree = config.distributed.sequence_parallel
+        self.data_rank, self.data_ranks = data_parallel_rank(runtime.rank, runtime.world_size,
+                                                             degree)
+        self.accumulation = config.train.accumulation(self.data_ranks)
         self.resume_from = self.find_resume_checkpoint()
-        model = build_model(config) if self.resume_from is None else self._bare_model()
+        partition = None
+        if runtime.deepspeed_config is not None and runtime.deepspeed_config.get(
+                "zero_optimization", {}).get("stage") == 3:
+            partition = filled_deepspeed_config(config, runtime, self.accumulation)
+        model = build_model(config, partition, load=self.resume_from is None)
+        if degree > 1:  # each group of `degree` ranks splits every sample's tokens
+            sequence_parallel.install(model, sequence_group(runtime, degree),
+                                      config.distributed.sequence_parallel_mode)
         self.engine = build_engine(model, config, runtime, self.accumulation)
         if self.engine.kind == "zero3" and (config.optim.ema_decay
                                             or config.validation.render_every):
@@ -171,9 +221,9 @@ class Trainer:
         self.ema = (EMA(self.engine.named_trainable(), config.optim.ema_decay)
                     if config.optim.ema_decay and runtime.is_main else None)
         dataset = build_dataset(config.data, config.stage.frames, config.seed)
-        self.loader, self.sampler = build_loader(
+        self.loader, self.sampler = build_loader(  # a sequence-parallel group shares data
             dataset, config.stage.mixture, config.train.micro_batch_size, config.seed,
-            runtime.rank, runtime.world_size, config.data.num_workers,
+            self.data_rank, self.data_ranks, config.data.num_workers,
             pin_memory=runtime.device.type == "cuda")
         self.validation_batches = self._validation_batches()
         self.vae = (load_vae(config.validation.vae).to(runtime.device).eval()
@@ -182,13 +232,6 @@ class Trainer:
         self.step = self.skipped_steps = self.bad_in_a_row = 0
         self.bad_clips: dict[str, set[str]] = {}  # kind -> the bad clips replaced so far
         self.logger = TrainingLogger(self.stage_dir, config.stage.steps, 0, enabled=False)
-
-    def _bare_model(self) -> FactorPortraitDiT:
-        """A model to load a checkpoint into (its init is overwritten; skips init_from)."""
-        model = FactorPortraitDiT(self.config.model.dit_config())
-        select_trainable(model, self.config.model.trainable)
-        return model.enable_gradient_checkpointing(
-            self.config.model.gradient_checkpointing).train()
 
     def _validation_batches(self) -> list[dict[str, Any]]:
         spec = self.config.validation
@@ -243,7 +286,7 @@ class Trainer:
             batch = next(batches)
             self.record_bad_clips(batch)
             latents, conditions = batch_to_conditions(batch, self.runtime.device)
-            generator = seeded_generator(config.seed, self.step, micro, self.runtime.rank)
+            generator = seeded_generator(config.seed, self.step, micro, self.data_rank)
             with engine.autocast():
                 loss, _ = flow_matching_loss(engine.model, latents, conditions, generator,
                                              shift=config.diffusion.shift, dropout=self.dropout,
