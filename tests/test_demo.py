@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from factorportrait.demo.showcase import orbit_about
 from factorportrait.demo.train import synthetic_config
 from factorportrait.geometry.cameras import Cameras
 from factorportrait.inference.control_track import ControlTrack
+from factorportrait.tracking.crop import center_boxes
 
 SHIPPED = checkpoint_dir(load_demo_config())
 
@@ -60,7 +62,8 @@ def test_frontal_frame_is_the_camera_facing_the_face():
     track = ControlTrack(head_rotation=torch.zeros(frames, 3),
                          head_translation=torch.zeros(frames, 3), cameras=orbit)
     clip = HeldoutClip("x", torch.zeros(frames, 64, 64, 3, dtype=torch.uint8),
-                       torch.zeros(frames, 64, 64, 3, dtype=torch.uint8), orbit, track, 0)
+                       torch.zeros(frames, 64, 64, 3, dtype=torch.uint8), orbit, track, 0,
+                       center_boxes(64, 64, frames))
     assert clip.frontal_frame() == 0
     # frames 4..7 see the head from 180..315 degrees: 315 (window frame 3) is the most frontal
     assert clip.window(4, 4).frontal_frame() == 3
@@ -85,11 +88,16 @@ def test_shipped_checkpoints_load_and_render_a_short_clip(one_thread):
     record = json.loads((SHIPPED / "demo.json").read_text())
     assert record["weights_total_mb"] <= 25
     clip = evaluation_clips(config, encoder, 1, 9)[0]
-    metrics, videos = evaluate_clip(pipeline, clip, SampleSettings(4, None, 0))
+    metrics, videos = evaluate_clip(pipeline, clip, SampleSettings(4, None, 0), encoder.encoder)
     video = videos["model"]
     assert video.shape == (9, config.size, config.size, 3) and video.dtype == torch.uint8
     assert video.float().std() > 5  # an image, not a constant
-    assert all(math.isfinite(p) and -1 <= s <= 1 for p, s in metrics.values())
+    for row, values in metrics.items():
+        assert set(values) == {"psnr", "ssim", "pose_iou", "expression_rmse", "appearance"}
+        assert math.isfinite(values["psnr"]) and -1 <= values["ssim"] <= 1, row
+        assert 0 <= values["pose_iou"] <= 1 and 0 <= values["appearance"] <= 1, row
+    # the model follows the clip's moving camera; the repeated reference cannot
+    assert metrics["model"]["pose_iou"] > metrics["(i) reference repeated"]["pose_iou"]
 
 
 @pytest.mark.slow
@@ -165,3 +173,42 @@ def test_demo_train_runs_every_step_and_resumes(tmp_path, one_thread):
     assert (shipped / "vae.safetensors").read_bytes() == (
         vae_work / "continued" / "vae.safetensors").read_bytes()
     assert OmegaConf.to_container(config)["size"] == 32
+
+
+def test_ablation_recipes_change_only_what_they_ablate():
+    from factorportrait.demo.ablation import ablation_config, ablation_names
+    from factorportrait.demo.train import stage_config
+
+    assert set(ablation_names()) == {"full", "c1_no_dynamicsweep", "c2_no_normal_maps",
+                                     "no_camera_rays"}
+    full = {name: stage_config(ablation_config("full"), name)
+            for name in ("stage1", "stage3", "stage4")}
+    c1 = {name: stage_config(ablation_config("c1_no_dynamicsweep"), name) for name in full}
+    assert c1["stage1"].stage.mixture == full["stage1"].stage.mixture
+    for name in ("stage3", "stage4"):  # FactorPortrait C1: Phone 20 / Studio 40 / ViewSweep 40
+        assert c1[name].stage.mixture == {"phone": 0.2, "studio": 0.4, "viewsweep": 0.4,
+                                          "dynamicsweep": 0.0}
+        assert c1[name].stage.steps == full[name].stage.steps
+    assert Path(c1["stage3"].stage_dir).parent.name == "ablation_c1_no_dynamicsweep"
+    assert Path(full["stage3"].stage_dir).parent.name == "dit"  # the shipped model's runs
+    c2 = ablation_config("c2_no_normal_maps")
+    assert stage_config(c2, "stage3").diffusion.dropout["pose"] == 1.0
+    assert list(c2.ablation.drop) == ["pose"]
+    rays = stage_config(ablation_config("no_camera_rays"), "stage2").diffusion.dropout
+    assert rays["camera"] == 1.0 and rays["pose"] == 0.0
+    with pytest.raises(ValueError, match="unknown ablation 'c9'.*c1_no_dynamicsweep"):
+        ablation_config("c9")
+
+
+def test_evaluation_drop_feeds_the_null_conditions(one_thread):
+    from factorportrait.demo.evaluate import SampleSettings, clip_conditions, generate
+    from factorportrait.demo.showcase import evaluation_clips, load_components
+    from factorportrait.diffusion.flow_matching import null_conditions
+
+    pipeline, encoder = load_components(SHIPPED)
+    clip = evaluation_clips(load_demo_config(), encoder, 1, 5)[0]
+    conditions = clip_conditions(pipeline, clip, 0)
+    dropped = generate(pipeline, conditions, SampleSettings(2, None, 0, drop=("pose",)))
+    by_hand = generate(pipeline, null_conditions(conditions, {"pose"}), SampleSettings(2, None, 0))
+    assert torch.equal(dropped, by_hand)
+    assert not torch.equal(dropped, generate(pipeline, conditions, SampleSettings(2, None, 0)))

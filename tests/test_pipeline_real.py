@@ -55,10 +55,18 @@ def test_cli_drives_a_real_photo_from_a_video_alone(files, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "render.py"), str(files / "astronaut.png"),
          "--checkpoint", str(DEMO), "--mode", "driving", "--driving-video",
-         str(files / "drive.mp4"), "--frames", "9", "--out", str(out)],
+         str(files / "drive.mp4"), "--frames", "9", "--out", str(out), "--evaluation-case",
+         str(tmp_path / "cases" / "astronaut")],
         capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_video(out).shape == (9, 64, 64, 3)  # the checkpoint's training size
+    from factorportrait.evaluation.results import find_cases
+
+    case, = find_cases(tmp_path / "cases")  # the render as a cross-reenactment case
+    assert case.protocol == "cross" and case.reference is not None
+    lossy = (read_video(case.generated).float() - read_video(out).float()).abs().mean()
+    assert lossy < 3  # the same frames: lossless beside the H.264 output
+    assert read_video(case.driving).shape[0] == 9
 
 
 def test_cli_misuse_is_one_line(files, tmp_path):

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(auto: face, centre with --reference-track)")
     out.add_argument("--paste-back", action="store_true",
                      help="write the frames pasted into the full reference photo")
+    out.add_argument("--evaluation-case", metavar="DIR",
+                     help="also write DIR/{generated.mp4,reference.png,driving.mp4}: a "
+                     "cross-reenactment case for tools/evaluate.py (needs --driving-video)")
     out.add_argument("--fov", type=float, help="horizontal field of view (degrees) assumed for "
                      "tracked photos and videos (default 40)")
     out.add_argument("--steps", type=int, default=35)
@@ -228,6 +231,12 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None or args.out is None:
         raise UsageError("rendering needs --checkpoint and --out (or --preview to only draw "
                          "the conditions)")
+    if args.evaluation_case and (not args.driving_video or args.mode != "driving"):
+        raise UsageError("--evaluation-case needs --mode driving and --driving-video (the "
+                         "video the result is scored against, as cross-reenactment)")
+    if args.evaluation_case and Path(args.evaluation_case).is_file():
+        raise UsageError(f"--evaluation-case {args.evaluation_case} is a file; expected a "
+                         "folder")
     # Everything cheap first: options, device, the reference image, sources, --out, --fps
     guidance, device = check_sampling(args), resolve_device(args.device)
     ranks = _launched_ranks()
@@ -256,7 +265,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: {frames.shape[0]} frames, {frames.shape[2]}x"
               f"{frames.shape[1]}" + (f" ({ranks} ranks, sequence parallel)" if ranks > 1
                                       else ""))
+        if args.evaluation_case:
+            _write_evaluation_case(Path(args.evaluation_case), frames, args, request.fps)
     return 0
+
+
+def _write_evaluation_case(folder: Path, frames: Any, args: argparse.Namespace,
+                           fps: float) -> None:
+    """The render as a results case (docs/evaluation.md): the frames, the reference photo and
+    the driving video's frames as the pipeline read them (resampled to the render's rate)."""
+    import torch
+
+    from factorportrait.evaluation.results import write_case
+    from factorportrait.io.video import read_image
+    from factorportrait.tracking.video import load_video
+
+    driving = load_video(args.driving_video, len(frames)).frames
+    count = min(len(frames), len(driving))
+    write_case(folder.parent, folder.name, torch.as_tensor(frames)[:count], fps,
+               reference=read_image(args.reference), driving=driving[:count])
+    print(f"wrote the evaluation case {folder} (python tools/evaluate.py {folder})")
 
 
 def _launched_ranks() -> int:

@@ -14,6 +14,14 @@ run and from the same noise:
 
 The conditions are built from the same pieces as training (dataset normal maps, not a fresh
 rendering), so a difference between rows is the conditions' effect alone.
+
+Columns: PSNR and SSIM, and the per-control measures of
+:mod:`factorportrait.evaluation.controls`, read from the generated frames alone: pose (the
+silhouette's IoU with the ground truth's), expression (RMSE between the expression parameters
+the trained encoder reads from the generated face and from the ground-truth face), appearance
+(colour distance to the ground-truth frame), identity margin (how much nearer the frames'
+colours are to their own reference than to the other identities' references; with one
+identity evaluated there is none).
 """
 
 from __future__ import annotations
@@ -27,7 +35,16 @@ import torch
 from torch import Tensor
 
 from factorportrait.demo.heldout import HeldoutClip
+from factorportrait.diffusion.flow_matching import null_conditions
 from factorportrait.diffusion.guidance import Guidance
+from factorportrait.evaluation.controls import (
+    colour_distance,
+    colour_quantiles,
+    expression_rmse,
+    identity_margin,
+    read_expression,
+    silhouette_iou,
+)
 from factorportrait.evaluation.metrics import psnr, ssim
 from factorportrait.geometry.rays import dit_rays
 from factorportrait.models.conditions import PortraitConditions
@@ -39,9 +56,13 @@ ROWS = ("model", "(i) reference repeated", "(ii) frozen pose + camera", "(iii) n
 
 @dataclass(frozen=True)
 class SampleSettings:
+    """Denoising steps, guidance and seed; ``drop``: conditions every sample is given as its
+    null (a model trained without them, e.g. the ablation without normal maps)."""
+
     steps: int
     guidance: Guidance | None
     seed: int
+    drop: tuple[str, ...] = ()
 
 
 def to_unit(frames: Tensor) -> Tensor:
@@ -66,9 +87,15 @@ def clip_conditions(pipeline, clip: HeldoutClip, reference: int, *, freeze_pose:
 
 
 def generate(pipeline, conditions: PortraitConditions, settings: SampleSettings) -> Tensor:
+    if settings.drop:
+        conditions = null_conditions(conditions, settings.drop)
     latents = pipeline.denoise(conditions, num_steps=settings.steps, guidance=settings.guidance,
                                seed=settings.seed, progress=False)
     return pipeline.decode(latents)
+
+
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "pose_iou": True, "expression_rmse": False,
+                    "appearance": False, "identity_margin": True}
 
 
 def frame_metrics(prediction: Tensor, target: Tensor) -> tuple[float, float]:
@@ -77,10 +104,30 @@ def frame_metrics(prediction: Tensor, target: Tensor) -> tuple[float, float]:
     return psnr(a, b, 255.0).mean().item(), ssim(a, b, 255.0).mean().item()
 
 
-def evaluate_clip(pipeline, clip: HeldoutClip, settings: SampleSettings
-                  ) -> tuple[dict[str, tuple[float, float]], dict[str, Tensor]]:
+def control_metrics(video: Tensor, clip: HeldoutClip, readout) -> dict[str, float]:
+    """Image quality and per-control accuracy of ``video`` against ``clip`` (same frames),
+    from the generated pixels alone (:mod:`factorportrait.evaluation.controls`): pose
+    (silhouette IoU), expression (RMSE between the encoder's parameter readout of the
+    generated and of the ground-truth frames, as AED compares one network's readouts; skipped
+    without ``readout``), appearance (colour distance to the ground-truth frame)."""
+    value, structure = frame_metrics(video, clip.rgb)
+    metrics = {"psnr": value, "ssim": structure,
+               "pose_iou": float(silhouette_iou(video, clip.normals).mean()),
+               "appearance": float(colour_distance(colour_quantiles(video),
+                                                   colour_quantiles(clip.rgb)).mean())}
+    if readout is not None:
+        generated = read_expression(readout, video, clip.boxes)
+        truth = read_expression(readout, clip.rgb, clip.boxes)
+        metrics["expression_rmse"] = float(expression_rmse(generated, truth).mean())
+    return metrics
+
+
+def evaluate_clip(pipeline, clip: HeldoutClip, settings: SampleSettings, readout=None
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, Tensor]]:
     """Metrics of every row (module docstring) on one clip, over every frame but the
-    reference (frame 0), and the videos behind them."""
+    reference (frame 0), and the videos behind them. ``readout``: the trained
+    :class:`~factorportrait.models.expression_encoder.ExpressionEncoder` whose parameter head
+    scores expression (None: no expression column)."""
     reference = 0
     full = clip_conditions(pipeline, clip, reference)
     videos = {
@@ -94,46 +141,76 @@ def evaluate_clip(pipeline, clip: HeldoutClip, settings: SampleSettings
     with torch.no_grad():
         latents = pipeline.vae.encode(to_unit(clip.rgb).permute(1, 0, 2, 3)[None])
     videos[ROWS[4]] = pipeline.decode(latents.to(pipeline.device))
-    scored = [i for i in range(len(clip)) if i != reference]  # the reference frame is given
-    return {row: frame_metrics(video[scored], clip.rgb[scored])
+    scored = clip.window(reference + 1, len(clip) - 1)  # the reference frame is given
+    return {row: control_metrics(video[reference + 1:], scored, readout)
             for row, video in videos.items()}, videos
 
 
-def metric_table(pipeline, clips: list[HeldoutClip], settings: SampleSettings
-                 ) -> tuple[dict, dict[str, Tensor]]:
-    """Mean PSNR / SSIM per row over ``clips`` (and per clip), and the first clip's videos
-    (for the contact sheet)."""
-    per_clip, first_videos = {}, {}
+def _identity_margins(clips: list[HeldoutClip], videos: list[dict[str, Tensor]]
+                      ) -> list[dict[str, float]]:
+    """Per clip and row: the generated frames' appearance margin between the references of
+    other identities and their own (controls.identity_margin)."""
+    margins = []
+    for clip, rows in zip(clips, videos):
+        others = [c.rgb[0] for c in clips if c.identity_index != clip.identity_index]
+        margins.append({row: identity_margin(video[1:], clip.rgb[0], others)["margin"]
+                        if others else None for row, video in rows.items()})
+    return margins
+
+
+def metric_table(pipeline, clips: list[HeldoutClip], settings: SampleSettings, readout=None
+                 ) -> tuple[dict, list[dict[str, Tensor]]]:
+    """Mean metrics per row over ``clips`` (and per clip), and each clip's videos per row."""
+    per_clip, all_videos = {}, []
     for clip in clips:
-        metrics, videos = evaluate_clip(pipeline, clip, settings)
-        first_videos = first_videos or videos
-        per_clip[clip.id] = {row: {"psnr": p, "ssim": s} for row, (p, s) in metrics.items()}
-        LOG.info("%s: model %.2f dB, reference %.2f dB", clip.id, metrics[ROWS[0]][0],
-                 metrics[ROWS[1]][0])
+        metrics, videos = evaluate_clip(pipeline, clip, settings, readout)
+        all_videos.append(videos)
+        per_clip[clip.id] = metrics
+        LOG.info("%s: model %.2f dB, reference %.2f dB", clip.id, metrics[ROWS[0]]["psnr"],
+                 metrics[ROWS[1]]["psnr"])
+    for clip, margins in zip(clips, _identity_margins(clips, all_videos)):
+        for row, margin in margins.items():
+            per_clip[clip.id][row]["identity_margin"] = margin
+    keys = [key for key, value in next(iter(per_clip.values()))[ROWS[0]].items()
+            if value is not None]  # identity_margin needs clips of two identities
     mean = {row: {key: sum(c[row][key] for c in per_clip.values()) / len(per_clip)
-                  for key in ("psnr", "ssim")} for row in ROWS}
-    model = mean[ROWS[0]]["psnr"]
+                  for key in keys} for row in ROWS}
+    model = mean[ROWS[0]]
+    beats = {row: {key: (model[key] > mean[row][key]) == HIGHER_IS_BETTER[key]
+                   and model[key] != mean[row][key] for key in keys} for row in ROWS[1:4]}
     table = {"clips": len(clips), "frames": len(clips[0]), "steps": settings.steps,
              "guidance": None if settings.guidance is None else settings.guidance.mode,
-             "mean": mean, "per_clip": per_clip,
-             "model_beats": {row: model > mean[row]["psnr"] for row in ROWS[1:4]}}
-    return table, first_videos
+             "mean": mean, "per_clip": per_clip, "model_beats": beats}
+    return table, all_videos
+
+
+COLUMNS = (("psnr", "PSNR dB", "{:8.2f}"), ("ssim", "SSIM", "{:7.4f}"),
+           ("pose_iou", "pose IoU", "{:8.4f}"), ("expression_rmse", "expr RMSE", "{:9.4f}"),
+           ("appearance", "appear.", "{:7.4f}"), ("identity_margin", "id margin", "{:9.4f}"))
 
 
 def format_table(table: dict) -> str:
     header = (f"Held-out DynamicSweep clips: {table['clips']} x {table['frames']} frames, "
               f"{table['steps']} denoising steps, guidance {table['guidance']}")
-    lines = [header, f"{'':30s} {'PSNR (dB)':>10s} {'SSIM':>8s}"]
+    present = [c for c in COLUMNS if c[0] in table["mean"][ROWS[0]]]
+    arrows = {key: "^" if HIGHER_IS_BETTER[key] else "v" for key, _, _ in present}
+    lines = [header, f"{'':28s}" + " ".join(f"{name + arrows[key]:>{len(fmt.format(0.0))}s}"
+                                           for key, name, fmt in present)]
     for row in ROWS:
         values = table["mean"][row]
-        lines.append(f"{row:30s} {values['psnr']:10.2f} {values['ssim']:8.4f}")
-    beats = table["model_beats"]
-    lines.append("model beats on PSNR: " + ", ".join(
-        f"{row.split(')')[0] + ')'} {'yes' if won else 'NO'}" for row, won in beats.items()))
+        lines.append(f"{row:28s}" + " ".join(fmt.format(values[key])
+                                             for key, _, fmt in present))
+    for row, won in table["model_beats"].items():
+        better = [key for key, value in won.items() if value]
+        worse = [key for key, value in won.items() if not value]
+        lines.append(f"model against {row}: better on {', '.join(better) or 'nothing'}"
+                     + (f"; not on {', '.join(worse)}" if worse else ""))
     return "\n".join(lines)
 
 
 def write_json(path: str | Path, table: dict) -> None:
+    from factorportrait.evaluation.report import finite_or_none
     from factorportrait.io.atomic import atomic_write_bytes
 
-    atomic_write_bytes(Path(path), json.dumps(table, indent=1).encode())
+    atomic_write_bytes(Path(path), json.dumps(finite_or_none(table), indent=1,
+                                              allow_nan=False).encode())

@@ -21,6 +21,7 @@ from factorportrait.expression.dataset_eval import annotation_face_boxes
 from factorportrait.geometry.cameras import Cameras
 from factorportrait.inference.control_track import ControlTrack
 from factorportrait.io.video import resize_frames
+from factorportrait.tracking.crop import FaceBoxes
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +34,7 @@ class HeldoutClip:
         track: the clip's controls (cameras at ``S``, head pose, mesh expression, and the
             encoder's ``expression_codes (F, 128)`` from the full-size frames).
         identity_index: the avatar's index in the dataset.
+        boxes: the expression crop boxes (pixels at ``S``) from the annotated head pose.
     """
 
     id: str
@@ -41,6 +43,7 @@ class HeldoutClip:
     cameras: Cameras
     track: ControlTrack
     identity_index: int
+    boxes: FaceBoxes
 
     def __len__(self) -> int:
         return self.rgb.shape[0]
@@ -48,7 +51,7 @@ class HeldoutClip:
     def window(self, start: int, frames: int) -> HeldoutClip:
         index = torch.arange(start, start + frames)
         return HeldoutClip(self.id, self.rgb[index], self.normals[index], self.cameras[index],
-                           self.track[index], self.identity_index)
+                           self.track[index], self.identity_index, self.boxes[index])
 
     def frontal_frame(self) -> int:
         """The frame whose camera looks most directly at the face (the reference choice)."""
@@ -81,12 +84,14 @@ def render_heldout(config: SyntheticConfig, spec: ClipSpec, size: int,
     clip = render_clip(spec, config, make_avatar(config, spec.identity_index))
     annotations = clip.annotations
     track = ControlTrack.from_annotations(annotations, source=spec.id)
+    boxes = annotation_face_boxes(annotations, range(len(clip.rgb)))
     if encoder is not None:
         frames = clip.rgb.permute(0, 3, 1, 2).float() / 127.5 - 1
-        boxes = annotation_face_boxes(annotations, range(len(frames)))
         with torch.no_grad():
             track = track.replace(expression_codes=encoder(frames, boxes))
     cameras = track.cameras.resize(size, size)
+    scale = torch.tensor([size / annotations.width, size / annotations.height])
+    boxes = FaceBoxes(boxes.center * scale, boxes.side * scale[1], boxes.roll)  # side: height
     return HeldoutClip(spec.id, resize_frames(clip.rgb, (size, size)),
                        resize_frames(clip.normals, (size, size)), cameras,
-                       track.replace(cameras=cameras), spec.identity_index)
+                       track.replace(cameras=cameras), spec.identity_index, boxes)

@@ -63,7 +63,7 @@ def orbit_about(camera: Cameras, target: Tensor, frames: int, degrees: float = 3
                    camera.height)
 
 
-def _settings(config: DictConfig, steps: int | None) -> SampleSettings:
+def sample_settings(config: DictConfig, steps: int | None) -> SampleSettings:
     from factorportrait.diffusion.guidance import Guidance
 
     render = config.render
@@ -142,6 +142,24 @@ def evaluation_clips(config: DictConfig, encoder, count: int, frames: int
             for spec in specs]
 
 
+def write_cases(root: Path, clips: list[HeldoutClip], videos: list[dict[str, Tensor]],
+                fps: float) -> None:
+    """The evaluated clips as a results folder for ``tools/evaluate.py``
+    (:mod:`factorportrait.evaluation.results`): per clip, one self-reenactment case of frames
+    1.. (frame 0 is the given reference) for the model and each of its three baselines."""
+    from factorportrait.evaluation.results import write_case
+
+    for clip, rows in zip(clips, videos):
+        for index, row in enumerate(ROWS[:4]):
+            write_case(root, f"{clip.id}_{index}_{_slug(row)}", rows[row][1:], fps,
+                       reference=clip.rgb[0], ground_truth=clip.rgb[1:])
+    print(f"wrote {len(clips) * 4} results cases to {root} (python tools/evaluate.py {root})")
+
+
+def _slug(row: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in row.split(") ")[-1]).strip("_")
+
+
 def contact_sheet(blocks: list, path: Path) -> None:
     """One PNG: per block a title line, then rows (label, frames); the reference image in
     each block's first column."""
@@ -189,7 +207,7 @@ def run_demo(config: DictConfig, args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     pipeline, encoder = load_components(checkpoints)
-    settings = _settings(config, args.steps)
+    settings = sample_settings(config, args.steps)
     frames = args.frames or config.render.frames
     if (frames - 1) % 4 or frames < 5:
         raise ValueError(f"--frames must be 4k + 1 >= 5, got {frames}")
@@ -198,12 +216,15 @@ def run_demo(config: DictConfig, args: argparse.Namespace) -> int:
     if args.command == "render":
         blocks = render_showcase(pipeline, encoder, config, settings, out)
     clips = evaluation_clips(config, encoder, count, frames)
-    table, videos = metric_table(pipeline, clips, settings)
+    table, all_videos = metric_table(pipeline, clips, settings, encoder.encoder)
+    videos = all_videos[0]
     table["seconds"] = round(time.perf_counter() - started, 1)
     print(format_table(table))
     write_json(out / "metrics.json", table)
     if args.json:
         write_json(args.json, table)
+    if args.cases:
+        write_cases(Path(args.cases), clips, all_videos, config.render.fps)
     if args.command == "render":
         normals = clips[0].normals
         reference = clips[0].rgb[0]

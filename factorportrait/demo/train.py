@@ -160,12 +160,14 @@ def stage_config(config: DictConfig, name: str):
 
     from factorportrait.training import TrainConfig
 
-    stage, dit = config.dit.stages[name], config.dit
+    stage, dit, ablation = config.dit.stages[name], config.dit, config.ablation
     with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base="1.3"):
-        recipe = compose("config", overrides=[f"stage={name}", "model=tiny",
-                                              "data=synthetic"])
+        recipe = compose("config", overrides=[
+            f"stage={name}", "model=tiny", "data=synthetic", *ablation.train_overrides,
+            *ablation.stage_overrides[name]])
     with open_dict(recipe):
-        recipe.experiment, recipe.output_root = "dit", str(work_dir(config) / "runs")
+        recipe.experiment = "dit" if ablation.name is None else f"ablation_{ablation.name}"
+        recipe.output_root = str(work_dir(config) / "runs")
         recipe.model.overrides = OmegaConf.to_container(dit.model)
         recipe.data.height = recipe.data.width = config.size
         recipe.data.num_workers = 0
