@@ -70,16 +70,17 @@ def plan_degree(degree: int, num_heads: int, tokens_per_frame: int | None = None
     return mode
 
 
-class _GatherTokens(torch.autograd.Function):
-    """All-gather along the token axis (dim 2); backward: the sum of the ranks' gradients
-    for this rank's shard (as ``torch.distributed.nn.functional.all_gather``)."""
+class _Gather(torch.autograd.Function):
+    """All-gather along ``dim`` (2: the DiT's token axis; 1: the sequence axis of keys and
+    values); backward: the sum of the ranks' gradients for this rank's shard (as
+    ``torch.distributed.nn.functional.all_gather``)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
+    def forward(ctx, x: torch.Tensor, group, dim: int) -> torch.Tensor:
+        ctx.group, ctx.dim = group, dim
         parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size(group))]
         torch.distributed.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts, dim=2)
+        return torch.cat(parts, dim=dim)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -87,27 +88,7 @@ class _GatherTokens(torch.autograd.Function):
         torch.distributed.all_reduce(grad, group=ctx.group)
         size = torch.distributed.get_world_size(ctx.group)
         rank = torch.distributed.get_rank(ctx.group)
-        return grad.chunk(size, dim=2)[rank].contiguous(), None
-
-
-class _GatherSequence(torch.autograd.Function):
-    """All-gather along the sequence axis (dim 1) for keys and values; backward sums the
-    ranks' gradients and keeps this rank's shard."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
-        parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size(group))]
-        torch.distributed.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts, dim=1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous()
-        torch.distributed.all_reduce(grad, group=ctx.group)
-        size = torch.distributed.get_world_size(ctx.group)
-        rank = torch.distributed.get_rank(ctx.group)
-        return grad.chunk(size, dim=1)[rank].contiguous(), None
+        return grad.chunk(size, dim=ctx.dim)[rank].contiguous(), None, None
 
 
 class UlyssesAttention(nn.Module):
@@ -144,8 +125,8 @@ class AllGatherAttention(nn.Module):
         self.num_heads, self.group = num_heads, group
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        k = _GatherSequence.apply(k, self.group)
-        v = _GatherSequence.apply(v, self.group)
+        k = _Gather.apply(k, self.group, 1)
+        v = _Gather.apply(v, self.group, 1)
         return backbone.attention(q, k, v, self.num_heads)
 
 
@@ -172,7 +153,7 @@ class SequenceParallel:
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, F, S/P, C)`` on every rank -> ``(B, F, S, C)`` on every rank."""
-        return _GatherTokens.apply(x, self.group)
+        return _Gather.apply(x, self.group, 2)
 
 
 def install(model: nn.Module, group=None, mode: str = "auto") -> SequenceParallel:
