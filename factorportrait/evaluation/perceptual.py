@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 
 from factorportrait.evaluation.networks import PathLike, weights_file
+from factorportrait.io.tensors import read_torch_weights
 
 # Feature indices whose outputs are tapped (after the ReLU), as the slices of the lpips
 # package's ``pretrained_networks.alexnet`` / ``vgg16`` end: alex relu1..relu5,
@@ -119,13 +120,6 @@ def shipped_heads(net: str) -> Path | None:
     return Path(spec.origin).parent / "weights" / "v0.1" / f"{net}.pth"
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise TypeError(f"{path} is not a state dict (got {type(state).__name__})")
-    return state
-
-
 def _backbone_state(state: dict[str, torch.Tensor], keys: list[str],
                     path: Path) -> dict[str, torch.Tensor]:
     """``features.<i>.*`` of a torchvision checkpoint, keyed as ``LPIPS.features`` is."""
@@ -166,10 +160,11 @@ def load_lpips(net: str = "alex", backbone: PathLike | None = None,
     heads_path = weights_file(_HEADS_WEIGHTS[net], heads,
                               extra_locations=[shipped] if shipped is not None else [])
     network = LPIPS(net)
+    backbone_state = read_torch_weights(backbone_path, "LPIPS backbone weights")
+    heads_state = read_torch_weights(heads_path, "LPIPS linear heads")
     network.features.load_state_dict(_backbone_state(
-        _load_state(backbone_path), list(network.features.state_dict()), backbone_path))
-    network.heads.load_state_dict(_heads_state(
-        _load_state(heads_path), len(network.heads), heads_path))
+        backbone_state, list(network.features.state_dict()), backbone_path))
+    network.heads.load_state_dict(_heads_state(heads_state, len(network.heads), heads_path))
     return network.requires_grad_(False).eval().to(device)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +106,7 @@ def load_networks(metrics: Iterable[str], paths: WeightPaths, explicit: bool
             if explicit:
                 raise
             networks.skipped[metric] = str(error)
-        except (RuntimeError, TypeError, pickle.UnpicklingError, EOFError) as error:
+        except RuntimeError as error:  # torch.jit.load of a file that is not TorchScript
             first = str(error).strip().splitlines()[0] if str(error).strip() else \
                 type(error).__name__
             named = {"lpips": paths.lpips_backbone or paths.lpips_heads, "csim": paths.arcface,
