@@ -11,6 +11,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+EXPRESSION_INJECTIONS = ("adaln", "cross_attention", "both")
+EXPRESSION_CONDITIONS = ("codes", "landmarks")
+HEAD_RAY_CHANNELS = 24  # 4 video frames x (source 3 + driving 3) head-pose ray-map channels
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -35,6 +39,20 @@ class DiTConfig:
         expression_heads: heads of those layers.
         expression_layers: number of those layers (the paper uses 2).
         context_length: tokens of the stored null text context (Wan pads umT5 to 512).
+
+    DeX-Portrait conditioning (docs/conditioning.md; every path starts at zero, so a fresh
+    model still equals Wan):
+        head_pose_rays: concatenate the head-pose ray maps (DeX Eq. 3, source and driving,
+            24 channels per latent frame) after the Plücker rays in the patch embedding.
+        reference_warp_blocks: blocks before which the reference frame's tokens, lifted to a
+            volume, warped by ``P_d P_s⁻¹`` and projected, are added to each frame's tokens.
+        reference_warp_depth: depth slices of that volume (must divide ``dim``).
+        expression_injection: ``adaln`` (FactorPortrait), ``cross_attention`` (DeX: each frame's
+            tokens attend to its own expression tokens) or ``both``.
+        expression_condition: ``codes`` (128-d per frame) or ``landmarks`` (FactorPortrait C3:
+            2D landmarks through spatial/temporal attention into cross attention).
+        landmark_points: landmarks per frame for ``expression_condition="landmarks"``.
+        landmark_layers: pairs of (spatial, temporal) attention layers of the landmark encoder.
     """
 
     dim: int
@@ -53,13 +71,23 @@ class DiTConfig:
     expression_heads: int = 8
     expression_layers: int = 2
     context_length: int = 512
+    head_pose_rays: bool = False
+    reference_warp_blocks: tuple[int, ...] = ()
+    reference_warp_depth: int = 4
+    expression_injection: str = "adaln"
+    expression_condition: str = "codes"
+    landmark_points: int = 478
+    landmark_layers: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "reference_warp_blocks",
+                           tuple(self.reference_warp_blocks))
         positive = ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim",
                     "latent_channels", "ray_channels", "normal_channels", "expression_dim",
                     "expression_width", "expression_heads", "expression_layers",
-                    "context_length")
+                    "context_length", "reference_warp_depth", "landmark_points",
+                    "landmark_layers")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -90,6 +118,42 @@ class DiTConfig:
         if self.expression_width % self.expression_heads:
             raise ValueError(f"DiTConfig.expression_heads ({self.expression_heads}) must divide "
                              f"DiTConfig.expression_width ({self.expression_width})")
+        self._check_dex_fields()
+
+    def _check_dex_fields(self) -> None:
+        if not isinstance(self.head_pose_rays, bool):
+            raise ValueError(f"DiTConfig.head_pose_rays must be true or false, got "
+                             f"{self.head_pose_rays!r}")
+        blocks = self.reference_warp_blocks
+        bad = [b for b in blocks if isinstance(b, bool) or not isinstance(b, int)
+               or not 0 <= b < self.num_layers]
+        if bad or len(set(blocks)) != len(blocks):
+            raise ValueError(f"DiTConfig.reference_warp_blocks must be distinct block indices in "
+                             f"[0, {self.num_layers}), got {list(blocks)}")
+        if self.dim % self.reference_warp_depth:
+            raise ValueError(f"DiTConfig.reference_warp_depth ({self.reference_warp_depth}) must "
+                             f"divide DiTConfig.dim ({self.dim})")
+        if self.expression_injection not in EXPRESSION_INJECTIONS:
+            raise ValueError(f"DiTConfig.expression_injection must be one of "
+                             f"{list(EXPRESSION_INJECTIONS)}, got {self.expression_injection!r}")
+        if self.expression_condition not in EXPRESSION_CONDITIONS:
+            raise ValueError(f"DiTConfig.expression_condition must be one of "
+                             f"{list(EXPRESSION_CONDITIONS)}, got {self.expression_condition!r}")
+        if self.expression_condition == "landmarks" and self.expression_injection != \
+                "cross_attention":
+            raise ValueError("DiTConfig: expression_condition 'landmarks' enters through cross "
+                             "attention only; set expression_injection: cross_attention")
+
+    @property
+    def uses_adaln_expression(self) -> bool:
+        """Expression codes offset the timestep embedding (FactorPortrait Eq. 1)."""
+        return self.expression_condition == "codes" and self.expression_injection != \
+            "cross_attention"
+
+    @property
+    def uses_expression_attention(self) -> bool:
+        """Each frame's tokens cross-attend to its expression (codes or landmark) tokens."""
+        return self.expression_injection in ("cross_attention", "both")
 
     @property
     def head_dim(self) -> int:
@@ -98,7 +162,8 @@ class DiTConfig:
     @property
     def in_channels(self) -> int:
         """Channels entering the patch embedding: latent | reference | normals | rays (72)."""
-        return 2 * self.latent_channels + self.normal_channels + self.ray_channels
+        return (2 * self.latent_channels + self.normal_channels + self.ray_channels
+                + (HEAD_RAY_CHANNELS if self.head_pose_rays else 0))
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "DiTConfig":
@@ -129,6 +194,7 @@ class DiTConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["patch_size"] = list(self.patch_size)
+        data["reference_warp_blocks"] = list(self.reference_warp_blocks)
         return data
 
     @classmethod

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -30,13 +30,14 @@ from factorportrait.diffusion.guidance import Guidance
 from factorportrait.diffusion.sampler import resolve_guidance
 from factorportrait.inference.control_track import ControlTrack
 from factorportrait.inference.controls import (MODE_FACTORS, ControlPlan, assemble_conditions,
-                                               pad_codes, plan_controls, render_plan_normals)
+                                               mesh_landmarks, pad_codes, plan_controls,
+                                               render_plan_normals)
 from factorportrait.inference.encoders import ExpressionEncoder, encode_expressions
 from factorportrait.inference.inputs import RenderRequest, check_render_inputs, load_normal_maps
 from factorportrait.inference.long_video import latent_frames, plan_windows, sample_windows
 from factorportrait.inference.mesh_sources import MeshSource
 from factorportrait.io.video import write_video
-from factorportrait.models.conditions import PortraitConditions
+from factorportrait.models.conditions import PortraitConditions, check_required
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_GUIDANCE = Guidance("progressive_hybrid", 2.5)  # DeX-Portrait Eq. 5, ω = 2.5
@@ -106,6 +107,8 @@ class FactorPortraitPipeline:
                         dtype: Optional[torch.dtype] = None,
                         text_encoder_path: Optional[str | os.PathLike] = None,
                         tokenizer_path: Optional[str | os.PathLike] = None,
+                        lora: Sequence[str | os.PathLike] = (),
+                        lora_scale: Optional[Sequence[float]] = None,
                         **components: Any) -> "FactorPortraitPipeline":
         """Load every component a checkpoint directory ships: the DiT (``config.json`` +
         ``model.safetensors``), the VAE (``vae_config.json`` + ``vae.safetensors``, or
@@ -113,7 +116,9 @@ class FactorPortraitPipeline:
         (``expression_encoder.json`` + ``.safetensors``, used on roll-normalised tracked face
         crops). Every file is checked before any weights are read; ``preset`` (``tiny``,
         ``wan_1_3b``, ``wan_14b``) also checks the architecture. The training size recorded
-        in ``config.json`` becomes the default output size."""
+        in ``config.json`` becomes the default output size. ``lora``: adapter files
+        (``adapter.safetensors``) merged into the DiT, each scaled by its ``lora_scale``
+        (default 1), so inference runs a plain model (:mod:`factorportrait.training.lora`)."""
         from factorportrait.inference import loading
         from factorportrait.models.dit import FactorPortraitDiT
         from factorportrait.models.weights import read_trained
@@ -126,7 +131,12 @@ class FactorPortraitPipeline:
         if text_encoder_path is not None:
             text_encoder = loading.load_text_encoder(text_encoder_path, tokenizer_path, device)
         encoder_dir = loading.expression_encoder_dir(directory)
+        if lora:
+            from factorportrait.models.weights import read_config
+            from factorportrait.training.lora import check_adapters, merge_adapters
+            check_adapters(lora, lora_scale, read_config(directory))
         dit = FactorPortraitDiT.from_pretrained(directory, map_location=device)
+        dit = merge_adapters(dit, lora, lora_scale) if lora else dit
         vae = loading.load_vae(vae_source).to(device)
         if encoder_dir is not None and "expression_encoder" not in components:
             components["expression_encoder"] = loading.load_expression_encoder(encoder_dir,
@@ -355,8 +365,12 @@ class FactorPortraitPipeline:
             if context is not None and context.shape[-1] != self.dit.config.text_dim:
                 raise ValueError(f"text encoder gives {context.shape[-1]}-d context; the DiT "
                                  f"takes {self.dit.config.text_dim}")
+            landmarks = None
+            if self.dit.config.expression_condition == "landmarks" and plan.landmarks is None:
+                landmarks = mesh_landmarks(plan, mesh_source)
             conditions = assemble_conditions(plan, reference_latent.float(), normal_latents,
-                                             height, width, context)
+                                             height, width, context, landmarks)
+            check_required(conditions, self.dit.config, "the render")
         return conditions.to(self.device)
 
     # ------------------------------------------------------------------ 6. denoise

@@ -180,7 +180,8 @@ def test_ablation_recipes_change_only_what_they_ablate():
     from factorportrait.demo.train import stage_config
 
     assert set(ablation_names()) == {"full", "c1_no_dynamicsweep", "c2_no_normal_maps",
-                                     "no_camera_rays"}
+                                     "no_camera_rays", "c3_landmarks", "dex_dual_branch",
+                                     "dex_no_ray_map", "dex_no_warping"}
     full = {name: stage_config(ablation_config("full"), name)
             for name in ("stage1", "stage3", "stage4")}
     c1 = {name: stage_config(ablation_config("c1_no_dynamicsweep"), name) for name in full}

@@ -78,3 +78,24 @@ def test_the_prepared_gpu_check_runs_on_a_cpu_and_refuses_cuda_without_a_gpu(tmp
         assert refused.returncode == 2
         assert refused.stderr.strip().splitlines()[-1] == (
             "gpu_check.py: error: no CUDA GPU here (use --device cpu for a smoke run)")
+
+
+def test_trainable_presets_shrink_gradients_and_optimizer_state_only():
+    """Counted on the meta device: a tiny model's presets against its own parameter names."""
+    config = DiTConfig.tiny()
+    full = plan(config, 9, 64, 64, gpus=1, zero=2)
+    lora = plan(config, 9, 64, 64, gpus=1, zero=2, trainable="lora", lora_rank=4)
+    attention = plan(config, 9, 64, 64, gpus=1, zero=2, trainable="self_attention_and_new")
+    model = FactorPortraitDiT(config)
+    new = sum(p.numel() for p in model.condition_parameters())
+    self_attn = sum(p.numel() for b in model.blocks for p in b.self_attn.parameters())
+    assert attention["trainable_m"] == round((new + self_attn) / 1e6, 2)
+    adapters = sum(4 * (layer.in_features + layer.out_features) for b in model.blocks
+                   for layer in (b.self_attn.q, b.self_attn.k, b.self_attn.v, b.self_attn.o,
+                                 b.cross_attn.q, b.cross_attn.k, b.cross_attn.v, b.cross_attn.o,
+                                 b.ffn[0], b.ffn[2]))
+    assert lora["trainable_m"] == round((new + adapters) / 1e6, 2)
+    for report in (lora, attention):
+        assert report["per_gpu_gib"]["activations"] == full["per_gpu_gib"]["activations"]
+        assert report["trainable_m"] < full["trainable_m"]
+        assert report["step_tflop_per_gpu"] <= full["step_tflop_per_gpu"]

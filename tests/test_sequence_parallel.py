@@ -25,12 +25,15 @@ def torchrun(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.parametrize("mode", ["ulysses", "allgather"])
-def test_two_ranks_equal_one_in_forward_backward_and_sampling(mode, tmp_path):
+@pytest.mark.parametrize("mode, variant", [("ulysses", "factorportrait"),
+                                           ("allgather", "factorportrait"), ("ulysses", "dex")])
+def test_two_ranks_equal_one_in_forward_backward_and_sampling(mode, variant, tmp_path):
+    """``dex``: head-pose rays, reference warping (the reference's tokens are gathered and the
+    warp split again) and per-frame cross-attention expression are also exact when split."""
     torchrun("-m", "factorportrait.benchmarks.parallel", "--worker", "sequence", "--mode", mode,
-             "--reports", str(tmp_path))
+             "--variant", variant, "--reports", str(tmp_path))
     report = json.loads((tmp_path / "rank00000.json").read_text())  # rank 0 reports
-    assert report["mode"] == mode and report["degree"] == 2
+    assert report["mode"] == mode and report["degree"] == 2 and report["variant"] == variant
     assert report["forward_max_abs_diff"] <= 1e-5, report
     assert report["gradient_max_abs_diff"] <= 1e-5, report
     assert report["sampling_max_abs_diff"] <= 1e-5, report

@@ -153,3 +153,24 @@ def test_two_process_zero3_with_zero_init_resumes_exactly_after_kill_9(tmp_path)
     assert all(torch.equal(final[k], expected[k]) for k in expected)
     state = json.loads((checkpoints / "step-00000012" / "trainer_state.json").read_text())
     assert state["engine"] == "zero3" and state["native_digests"]  # DeepSpeed files recorded
+
+
+@pytest.mark.slow
+def test_two_process_zero2_lora_resumes_exactly_after_kill_9(tmp_path):
+    """A LoRA run (model.trainable=lora) under ZeRO-2, killed with SIGKILL mid-run, resumes
+    to the very losses and final (merged) weights of an uninterrupted one."""
+    from factorportrait.training import lora
+
+    run = [ZERO2, "model.trainable=lora", "stage.steps=9", "checkpoint.every=3"]
+    launch(tmp_path / "straight", *run)
+    _kill_after(tmp_path / "killed", 5, *run)
+    launch(tmp_path / "killed", *run)
+    resumed, straight = (loss_curve(stage_dir(tmp_path / name)) for name in ("killed",
+                                                                             "straight"))
+    differing = [step for step in straight if resumed.get(step) != straight[step]]
+    assert list(resumed) == list(range(1, 10)) and differing == []
+    final = load_weights(stage_dir(tmp_path / "killed") / "final")
+    expected = load_weights(stage_dir(tmp_path / "straight") / "final")
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert not any(lora.is_lora_key(k) for k in final)  # final/ is the merged plain model
+    assert (stage_dir(tmp_path / "killed") / "final" / lora.ADAPTER_FILE).is_file()

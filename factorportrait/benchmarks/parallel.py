@@ -44,15 +44,26 @@ def _config(dim: int, layers: int):
                                num_heads=max(1, dim // 128), num_layers=layers)
 
 
+# DeX conditioning under sequence parallelism: head-pose rays, reference warping (which
+# gathers the reference frame's tokens), expression through AdaLN and per-frame cross attention.
+DEX_VARIANT = dict(head_pose_rays=True, reference_warp_blocks=(0, 1), expression_injection="both")
+
+
 def _conditions(config, generator: torch.Generator):
     from factorportrait import PortraitConditions
+    from factorportrait.geometry.rays import matrix_from_rts
+    from factorportrait.geometry.rotations import axis_angle_to_matrix
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator)
 
     batch, frames, size = 2, 3, 8
     noisy = randn(batch, 16, frames, size, size)
+    poses = batch * (1 + 4 * (frames - 1) + 1)
+    head_pose = matrix_from_rts(axis_angle_to_matrix(randn(poses, 3) * 0.3),
+                                randn(poses, 3) * 0.1, 0.5 + 0.1 * randn(poses).abs())
     return noisy, PortraitConditions(
+        head_pose=head_pose.view(batch, -1, 3, 4),
         reference_latent=randn(batch, 16, 1, size, size),
         normal_latents=randn(batch, 16, frames, size, size),
         rays=randn(batch, 24, 1 + frames, size, size),
@@ -60,7 +71,7 @@ def _conditions(config, generator: torch.Generator):
         context=randn(batch, 5, config.text_dim))
 
 
-def sequence_worker(mode: str) -> dict:
+def sequence_worker(mode: str, variant: str = "factorportrait") -> dict:
     """(Under torchrun.) The split DiT against the whole one (module docstring)."""
     import copy
 
@@ -71,11 +82,11 @@ def sequence_worker(mode: str) -> dict:
 
     init_process_group(torch.device("cpu"))
     torch.manual_seed(0)
-    config = DiTConfig.tiny()
+    config = DiTConfig.tiny(**(DEX_VARIANT if variant == "dex" else {}))
     model = FactorPortraitDiT(config)
     with torch.no_grad():  # make every zero-initialised path live
         model.patch_embedding.weight.normal_(std=0.05)
-        for p in model.expression_controller.output.parameters():
+        for p in model.condition_parameters()[2:]:
             p.normal_(std=0.05)
     noisy, conditions = _conditions(config, torch.Generator().manual_seed(1))
     timestep = torch.tensor([300.0, 700.0])
@@ -97,7 +108,7 @@ def sequence_worker(mode: str) -> dict:
                      num_steps=3, guidance="progressive_hybrid", progress=False)
         many = sample(split.eval(), conditions, generator=torch.Generator().manual_seed(3),
                       num_steps=3, guidance="progressive_hybrid", progress=False)
-    return {"mode": installed.mode, "degree": installed.degree,
+    return {"mode": installed.mode, "degree": installed.degree, "variant": variant,
             "forward_max_abs_diff": float((output - expected).abs().max()),
             "gradient_max_abs_diff": worst_grad,
             "sampling_max_abs_diff": float((many - one).abs().max())}
@@ -205,13 +216,14 @@ def _worker_main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", required=True, choices=("sequence", "zero3", "plain"))
     parser.add_argument("--mode", default="auto")
+    parser.add_argument("--variant", default="factorportrait", choices=("factorportrait", "dex"))
     parser.add_argument("--weights")
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--reports", type=Path, required=True, help="folder for the reports")
     args = parser.parse_args()
     if args.worker == "sequence":
-        report = sequence_worker(args.mode)
+        report = sequence_worker(args.mode, args.variant)
     elif args.worker == "zero3":
         report = zero3_worker(args.weights, args.dim, args.layers)
     else:

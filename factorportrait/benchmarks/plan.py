@@ -1,7 +1,8 @@
 """``tools/benchmark.py plan``: memory and time of a training step per GPU, before renting them.
 
     python tools/benchmark.py plan --preset wan_14b --frames 81 --size 480x832 --gpus 64 \\
-        --zero 3 --sp 4 [--offload-optimizer] [--micro-batch 1] [--json]
+        --zero 3 --sp 4 [--offload-optimizer] [--micro-batch 1] [--json] \
+        [--trainable lora --lora-rank 64]
 
 Model states (bf16 training with fp32 master weights and AdamW): parameters 2 B, gradients
 2 B, optimizer 12 B (fp32 master, m, v) per parameter, divided over the data-parallel ranks by
@@ -14,6 +15,13 @@ layers (2 FLOP per multiply-add), self-attention's ``QKᵀ`` and ``AV`` over all
 text cross-attention; a checkpointed training step is 4 forwards (forward, recompute,
 backward ×2). The activation model is checked against CPU peaks at small sizes
 (``tests/test_plan.py``).
+
+``--trainable`` (the recipes' presets, :func:`factorportrait.training.optim.select_trainable`)
+changes what is trained, counted on the meta device: all parameters stay resident in bf16
+(sharded by ZeRO-3), gradients and optimizer state exist only for the trainable ones, and the
+weight-gradient half of the linear layers' backward shrinks to the trainable share (the
+input gradients still run through every frozen block). DeepSpeed's estimators assume every
+parameter trains; they are the ``full`` reference.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sp", type=int, default=1, help="sequence-parallel degree")
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--offload-optimizer", action="store_true")
+    parser.add_argument("--trainable", default="full",
+                        choices=("full", "lora", "self_attention_and_new", "new_paths_only"))
+    parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--tflops", type=float, default=790.0,
                         help="sustained bf16 TFLOP/s per GPU for the time estimate (H200 "
                         "dense bf16 ≈ 990 peak)")
@@ -54,17 +65,24 @@ def tokens(config: DiTConfig, frames: int, height: int, width: int) -> tuple[int
     return (1 + (frames - 1) // 4 + 1) * per_frame, per_frame
 
 
-def parameter_count(config: DiTConfig) -> tuple[int, int]:
-    """``(all parameters, the largest module's)``, counted on the meta device."""
+def parameter_count(config: DiTConfig, trainable: str = "full", lora_rank: int = 16
+                    ) -> tuple[int, int, int]:
+    """``(all parameters, the largest module's, the trainable ones)`` under the preset
+    ``trainable`` (LoRA adapters of ``lora_rank`` included), counted on the meta device."""
     import torch
 
     from factorportrait.models.dit import FactorPortraitDiT
+    from factorportrait.training.lora import LoraSpec
+    from factorportrait.training.optim import select_trainable
 
     with torch.device("meta"):
         model = FactorPortraitDiT(config)
+        spec = LoraSpec(rank=lora_rank, alpha=float(lora_rank)) if trainable == "lora" else None
+        chosen = select_trainable(model, trainable, spec)
     largest = max(sum(p.numel() for p in module.parameters(recurse=False))
                   for module in model.modules())
-    return sum(p.numel() for p in model.parameters()), largest
+    return (sum(p.numel() for p in model.parameters()), largest,
+            sum(p.numel() for p in chosen))
 
 
 def forward_flops(config: DiTConfig, sequence: int) -> dict[str, float]:
@@ -99,7 +117,8 @@ def activation_bytes(config: DiTConfig, sequence: int, micro_batch: int = 1,
 
 def plan(config: DiTConfig, frames: int, height: int, width: int, gpus: int, zero: int,
          sp: int = 1, micro_batch: int = 1, offload_optimizer: bool = False,
-         gpus_per_node: int = 8, tflops: float = 790.0, name: str | None = None) -> dict:
+         gpus_per_node: int = 8, tflops: float = 790.0, name: str | None = None,
+         trainable: str = "full", lora_rank: int = 16) -> dict:
     """The per-GPU figures (module docstring) as a dict."""
     from factorportrait.training.sequence_parallel import plan_degree
 
@@ -108,14 +127,16 @@ def plan(config: DiTConfig, frames: int, height: int, width: int, gpus: int, zer
     sequence, per_frame = tokens(config, frames, height, width)
     mode = plan_degree(sp, config.num_heads, per_frame)
     data_parallel = gpus // sp
-    params, largest = parameter_count(config)
+    gib = 2 ** 30
+    params, largest, trained = parameter_count(config, trainable, lora_rank)
     shard = lambda stage: gpus if zero >= stage else 1  # noqa: E731  ZeRO spans every rank
     parameters = params * BYTES_BF16 / shard(3)
-    gradients = params * BYTES_BF16 / shard(2)
-    optimizer = 0.0 if offload_optimizer else params * OPTIMIZER_BYTES / shard(1)
+    gradients = trained * BYTES_BF16 / shard(2)
+    optimizer = 0.0 if offload_optimizer else trained * OPTIMIZER_BYTES / shard(1)
     activations = activation_bytes(config, sequence // sp, micro_batch)
     flops = forward_flops(config, sequence)
-    step_flops = TRAINING_FORWARDS * flops["total"] * micro_batch / sp  # this GPU's share
+    frozen_weight_grads = (1 - min(1.0, trained / params)) * flops["linear"]
+    step_flops = (TRAINING_FORWARDS * flops["total"] - frozen_weight_grads) * micro_batch / sp
     nodes = max(1, gpus // gpus_per_node)
     if zero == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
@@ -126,13 +147,16 @@ def plan(config: DiTConfig, frames: int, height: int, width: int, gpus: int, zer
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
         _, deepspeed_gpu = estimate_zero2_model_states_mem_needs(
             params, min(gpus, gpus_per_node), nodes, cpu_offload=offload_optimizer)
-    gib = 2 ** 30
     return {
         "config": {"preset": name or config.describe(), "frames": frames, "size": [height, width],
                    "gpus": gpus, "zero": zero, "sp": sp, "sp_mode": mode,
                    "data_parallel": data_parallel,
-                   "micro_batch": micro_batch, "offload_optimizer": offload_optimizer},
-        "parameters_b": round(params / 1e9, 3), "tokens_per_sample": sequence,
+                   "micro_batch": micro_batch, "offload_optimizer": offload_optimizer,
+                   "trainable": trainable,
+                   "lora_rank": lora_rank if trainable == "lora" else None},
+        "parameters_b": round(params / 1e9, 3), "trainable_m": round(trained / 1e6, 2),
+        "optimizer_state_gib_total": round(trained * OPTIMIZER_BYTES / gib, 2),
+        "tokens_per_sample": sequence,
         "tokens_per_gpu": sequence // sp,
         "per_gpu_gib": {"parameters": round(parameters / gib, 2),
                         "gradients": round(gradients / gib, 2),
@@ -152,10 +176,11 @@ def run(args: argparse.Namespace) -> dict:
     height, width = (int(v) for v in args.size.lower().split("x"))
     report = plan(DiTConfig.preset(args.preset), args.frames, height, width, args.gpus,
                   args.zero, args.sp, args.micro_batch, args.offload_optimizer,
-                  args.gpus_per_node, args.tflops, args.preset)
+                  args.gpus_per_node, args.tflops, args.preset, args.trainable, args.lora_rank)
     memory = report["per_gpu_gib"]
     rows = [{"item": key, "GiB per GPU": value} for key, value in memory.items()]
-    print(f"{report['config']['preset']}: {report['parameters_b']} B parameters, "
+    print(f"{report['config']['preset']}: {report['parameters_b']} B parameters "
+          f"({report['trainable_m']} M trainable, {args.trainable}), "
           f"{report['tokens_per_sample']} tokens per sample ({report['tokens_per_gpu']} per "
           f"GPU, sp {args.sp} {report['config']['sp_mode']}), ZeRO-{args.zero} over "
           f"{report['config']['data_parallel']} data-parallel ranks")

@@ -6,23 +6,27 @@ optimizer steps of ``global_batch`` samples: ``samples_per_second`` (median step
 peak memory of the steps (CUDA: allocator peak; CPU: resident-set growth, sampled).
 
 Cases: ``tiny`` (the ``scale=tiny`` recipe: DiTConfig.tiny, 13 frames, 64 px) and ``small``
-(dim 256, 4 layers, 13 frames, 128 px).
+(dim 256, 4 layers, 13 frames, 128 px). ``--presets``: the ``model.trainable`` presets to
+compare on every case (``full lora self_attention_and_new``: what fine-tuning on a few GPUs
+saves) — each row also reports the trainable parameters and the AdamW state bytes.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import contextlib
 import tempfile
-import time
 
 import torch
 
-from factorportrait.benchmarks.common import PeakMemory, format_table, pick_device, synchronize
-from factorportrait.training.config import (CheckpointSpec, DataSpec, LoggingSpec, LoopSpec,
-                                            ModelSpec, OptimSpec, StageSpec, TrainConfig,
-                                            ValidationSpec)
+from factorportrait.benchmarks.common import (PeakMemory, format_table,
+                                              interleaved_median_seconds, pick_device,
+                                              synchronize)
+from factorportrait.training.config import (TRAINABLE, CheckpointSpec, DataSpec, LoggingSpec,
+                                            LoopSpec, ModelSpec, OptimSpec, StageSpec,
+                                            TrainConfig, ValidationSpec)
 from factorportrait.training.distributed import Runtime
+from factorportrait.training.lora import LoraSpec
 from factorportrait.training.loop import Trainer
 
 CASES = {
@@ -41,14 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--presets", nargs="+", default=["full"], choices=TRAINABLE,
+                        help="model.trainable presets to compare (rows per case and preset)")
+    parser.add_argument("--lora-rank", type=int, default=16)
 
 
-def case_config(name: str, args: argparse.Namespace, directory: str) -> TrainConfig:
+def case_config(name: str, args: argparse.Namespace, directory: str, preset: str = "full"
+                ) -> TrainConfig:
     case = CASES[name]
     steps = args.warmup + args.steps
+    rank = getattr(args, "lora_rank", 16)
     return TrainConfig(
         model=ModelSpec(preset="tiny", overrides=case["model"],
-                        gradient_checkpointing=args.gradient_checkpointing),
+                        gradient_checkpointing=args.gradient_checkpointing, trainable=preset,
+                        lora=LoraSpec(rank=rank, alpha=float(rank))),
         data=DataSpec(source="toy", height=case["size"], width=case["size"],
                       options={"num_items": 16}),
         stage=StageSpec(name="benchmark", mixture={"phone": 1.0}, frames=args.frames, lr=1e-4,
@@ -59,40 +69,68 @@ def case_config(name: str, args: argparse.Namespace, directory: str) -> TrainCon
         logging=LoggingSpec(tensorboard=False, progress_bar=False))
 
 
-def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """Median step time and peak memory of ``args.steps`` optimizer steps of case ``name``."""
-    with tempfile.TemporaryDirectory() as directory:
-        config = case_config(name, args, directory)
-        trainer = Trainer(config, Runtime(0, 1, 0, device, None))
-        batches = iter(trainer.loader)
-        for _ in range(args.warmup):
-            trainer.train_step(batches)
-            trainer.step += 1
-        times = []
-        memory = PeakMemory(device)
-        with memory.measure():
-            for _ in range(args.steps):
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor in the optimizer's state (AdamW: both moments and the step)."""
+    return sum(value.numel() * value.element_size() for state in optimizer.state.values()
+               for value in state.values() if isinstance(value, torch.Tensor))
+
+
+def measure_case(name: str, args: argparse.Namespace, device: torch.device,
+                 presets: list[str]) -> list[dict]:
+    """Rows of case ``name``, one per training ``preset``: the peak memory of ``args.steps``
+    optimizer steps (each preset alone), then the median step time of ``args.steps`` steps
+    timed round-robin across the presets (so background load falls on all of them alike)."""
+    with contextlib.ExitStack() as stack:
+        trainers, peaks = {}, {}
+        for preset in presets:
+            directory = stack.enter_context(tempfile.TemporaryDirectory())
+            trainer = Trainer(case_config(name, args, directory, preset),
+                              Runtime(0, 1, 0, device, None))
+            batches = iter(trainer.loader)
+            step = _stepper(trainer, batches)
+            for _ in range(args.warmup):
+                step()
+            memory = PeakMemory(device)
+            with memory.measure():
+                for _ in range(args.steps):
+                    step()
                 synchronize(device)
-                start = time.perf_counter()
-                trainer.train_step(batches)
-                synchronize(device)
-                times.append(time.perf_counter() - start)
-                trainer.step += 1
-        model = trainer.engine.module
-    seconds = statistics.median(times)
-    tokens = (1 + (args.frames - 1) // 4 + 1) * (CASES[name]["size"] // 16) ** 2
-    return {"case": name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-            "tokens_per_sample": tokens, "step_ms": round(seconds * 1e3, 1),
-            "samples_per_second": round(args.batch / seconds, 2),
-            "peak_mib": round(memory.peak_mib, 1)}
+            trainers[preset], peaks[preset] = (trainer, step), memory.peak_mib
+        seconds = interleaved_median_seconds({p: step for p, (_, step) in trainers.items()},
+                                             device, args.steps, warmup=0)
+        rows = []
+        for preset, (trainer, _) in trainers.items():
+            model = trainer.engine.module
+            optimizer_bytes = optimizer_state_bytes(trainer.engine.optimizer)
+            tokens = (1 + (args.frames - 1) // 4 + 1) * (CASES[name]["size"] // 16) ** 2
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            rows.append({
+                "case": name if preset == "full" else f"{name}+{preset}", "preset": preset,
+                "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+                "trainable_m": round(trainable / 1e6, 4),
+                "optimizer_state_mib": round(optimizer_bytes / 2**20, 3),
+                "tokens_per_sample": tokens, "step_ms": round(seconds[preset] * 1e3, 1),
+                "step_ratio_to_first": round(seconds[preset] / seconds[presets[0]], 3),
+                "samples_per_second": round(args.batch / seconds[preset], 2),
+                "peak_mib": round(peaks[preset], 1)})
+    return rows
+
+
+def _stepper(trainer: Trainer, batches):
+    def step() -> None:
+        trainer.train_step(batches)
+        trainer.step += 1
+    return step
 
 
 def run(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
-    rows = [measure(name, args, device) for name in args.cases]
-    print(format_table(rows, ["case", "params_m", "tokens_per_sample", "step_ms",
+    rows = [row for name in args.cases for row in measure_case(name, args, device,
+                                                                 list(args.presets))]
+    print(format_table(rows, ["case", "params_m", "trainable_m", "optimizer_state_mib",
+                              "tokens_per_sample", "step_ms", "step_ratio_to_first",
                               "samples_per_second", "peak_mib"]))
     return {"device": str(device), "threads": torch.get_num_threads(), "frames": args.frames,
             "batch": args.batch, "micro_batch": args.micro_batch,
             "gradient_checkpointing": args.gradient_checkpointing,
-            "cases": {row.pop("case"): row for row in rows}}
+            "lora_rank": args.lora_rank, "cases": {row.pop("case"): row for row in rows}}

@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--vae-tile", type=int, help="VAE tile size in pixels (multiple of 64)")
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", help="FactorPortrait checkpoint directory")
+    model.add_argument("--lora", action="append", default=[], metavar="PATH",
+                       help="LoRA adapter (adapter.safetensors) merged into the DiT; repeat "
+                            "for several")
+    model.add_argument("--lora-scale", action="append", type=float, metavar="S",
+                       help="scale of each --lora (repeat once per adapter; default 1)")
     model.add_argument("--vae", help="Wan2.1_VAE.pth (when the checkpoint has no VAE)")
     model.add_argument("--preset", choices=("tiny", "wan_1_3b", "wan_14b"),
                        help="refuse a checkpoint of another architecture")
@@ -208,6 +213,9 @@ def check_sampling(args: argparse.Namespace):
     if args.offload_blocks is not None and args.offload_blocks < 0:
         raise UsageError(f"--offload-blocks must be >= 0, got {args.offload_blocks}")
     check_windows(args.window_frames, args.window_overlap, args.vae_tile)
+    if args.lora_scale is not None and len(args.lora_scale) != len(args.lora):
+        raise UsageError(f"--lora-scale: give one per --lora ({len(args.lora)}), got "
+                         f"{len(args.lora_scale)}")
     return Guidance(args.guidance, args.guidance_scale)
 
 
@@ -248,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = FactorPortraitPipeline.from_pretrained(
         args.checkpoint, vae_path=args.vae, preset=args.preset, device=device,
         dtype=getattr(torch, args.dtype), text_encoder_path=args.text_encoder,
-        tokenizer_path=args.tokenizer, mesh_source=source, window_frames=args.window_frames,
+        tokenizer_path=args.tokenizer, lora=args.lora, lora_scale=args.lora_scale,
+        mesh_source=source, window_frames=args.window_frames,
         window_overlap=args.window_overlap, vae_tile=args.vae_tile, face_tracker=tracker)
     main_rank = True
     if ranks > 1:  # torchrun: one sequence-parallel group of every rank

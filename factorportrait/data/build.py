@@ -15,7 +15,7 @@ def build_dataset(frames: int, height: int, width: int, split: str = "train", se
                   vae_dim: int | None = None, stride: int = 1,
                   latents: bool | Literal["auto"] = "auto", window_step: int = 1,
                   reference_count: int | None = None, max_bad_fraction: float = 0.1,
-                  tile: int | None = None) -> LatentTrainingDataset:
+                  tile: int | None = None, landmarks: bool = False) -> LatentTrainingDataset:
     """Training items of ``frames`` frames at ``height × width`` from the dataset at ``root``.
 
     Args:
@@ -24,9 +24,12 @@ def build_dataset(frames: int, height: int, width: int, split: str = "train", se
             ``vae_dim`` selects a reduced-width architecture for a weights *file*.
         latents: ``"auto"`` serves cached latents when ``tools/precompute.py`` wrote them for
             this spec (``window_step``, ``reference_count``), else encodes on the fly.
+        landmarks: items also hold ``landmarks (F,478,2)`` from the clips' procedural avatars
+            (synthetic data only; a recipe sets ``data.options.landmarks: true``).
     Returns:
         A dataset whose items hold ``latents (16,F_lat,h,w)``, ``reference_latent``,
-        ``normal_latents``, ``rays (24,1+F_lat,h,w)`` and ``expression (F,128)``.
+        ``normal_latents``, ``rays (24,1+F_lat,h,w)``, ``expression (F,128)`` and
+        ``head_pose (1+F,3,4)`` (:mod:`factorportrait.data.training_sample`).
     """
     from factorportrait.models.vae import VAEConfig, WanVAE
 
@@ -41,4 +44,4 @@ def build_dataset(frames: int, height: int, width: int, split: str = "train", se
                                 window_step=window_step, reference_count=reference_count,
                                 max_bad_fraction=max_bad_fraction, seed=seed, latents=latents,
                                 vae_hash=model.weights_hash() if model is not None else None)
-    return LatentTrainingDataset(clips, vae=model, tile=tile)
+    return LatentTrainingDataset(clips, vae=model, tile=tile, landmarks=landmarks)

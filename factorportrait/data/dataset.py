@@ -10,10 +10,14 @@ A sample (``dataset[index]`` or ``dataset[index, draw]``) is a dict; ``F`` = ``n
     reference_clip_id        str             the clip the reference frame comes from
     reference_frame          int             its frame index there
     reference_camera         Cameras (1)     camera of that frame (same world frame for a take)
+    reference_head_rotation  (3,)            head pose of that frame (axis-angle, metres), in
+    reference_head_translation  (3,)         the world frame of the cameras, like the camera
     head_rotation            (F, 3)          axis-angle, world frame
     head_translation         (F, 3)          metres, world frame
     expression_codes         (F, D)          when annotated
     expression               (F, E)          when annotated (named parameters)
+    betas                    (S,)            when annotated, as stored (synthetic clips: the
+                                             avatar identity, float64; for landmarks)
     has_normals              bool            the clip has a normal-map video
   pixels (no up-to-date latent cache entry, or ``latents=False``):
     video                    (3, F, H, W)    float32 in [-1, 1]
@@ -288,6 +292,8 @@ class PortraitClipDataset(Dataset):
             "frame_indices": torch.tensor(frames, dtype=torch.long),
             "cameras": source.cameras(frames, spec.size), "has_normals": source.has_normals,
             **source.per_frame(frames)}
+        if source.annotations.betas is not None:
+            sample["betas"] = source.annotations.betas.clone()
         if entry is None:
             sample["video"] = source.read("video", frames, spec.size)
             if source.has_normals:
@@ -327,12 +333,26 @@ class PortraitClipDataset(Dataset):
     def _reference_from(self, source: ClipSource, entry: CacheEntry | None,
                         frame: int) -> dict[str, Any]:
         out = {"reference_clip_id": source.record.id, "reference_frame": frame,
-               "reference_camera": source.cameras([frame], self.spec.size)}
+               "reference_camera": source.cameras([frame], self.spec.size),
+               **_reference_head_pose(source, frame)}
         if entry is None:
             out["reference_image"] = source.read("video", [frame], self.spec.size)[:, 0]
         else:
             out["reference_latent"] = entry.reference(frame)
         return out
+
+
+def _reference_head_pose(source: ClipSource, frame: int) -> dict[str, torch.Tensor]:
+    """``reference_head_rotation (3,)`` and ``reference_head_translation (3,)`` float32 of
+    ``frame``; ``ValueError`` (a bad clip) for non-finite values."""
+    out = {}
+    for name in ("head_rotation", "head_translation"):
+        value = getattr(source.annotations, name)[frame].float()  # (3,)
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"clip {source.record.id!r}: annotation {name} has NaN/Inf values "
+                             f"at reference frame {frame}")
+        out[f"reference_{name}"] = value
+    return out
 
 
 class DrawSampler(Sampler[tuple[int, int]]):

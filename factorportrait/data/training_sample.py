@@ -1,7 +1,7 @@
 """The training contract: a dataset sample → the DiT's inputs (DESIGN.md "Condition fusion").
 
-``to_training_sample(sample, vae=None)`` returns, for ``F = 4k + 1`` driving frames at
-``H × W`` (``h, w = H/8, W/8``, ``F_lat = (F − 1)/4 + 1``), all float32 on the CPU:
+``to_training_sample(sample, vae=None, landmarks=False)`` returns, for ``F = 4k + 1`` driving
+frames at ``H × W`` (``h, w = H/8, W/8``, ``F_lat = (F − 1)/4 + 1``), all float32 on the CPU:
 
     latents           (16, F_lat, h, w)      VAE latents of the driving video (the target)
     reference_latent  (16, 1, h, w)          VAE latent of the reference image (1-frame video)
@@ -10,6 +10,14 @@
     rays              (24, 1 + F_lat, h, w)  ``dit_rays(reference_camera, cameras, H, W)``
     expression        (F, 128)               expression codes; see ``expression_features``
     expression_source str                    "codes" | "parameters" | "none"
+    head_pose         (1 + F, 3, 4)          DeX head poses ``P = [sR | t]``
+                                             (``factorportrait.geometry.head_pose``): row 0 the
+                                             reference frame's pose seen by the reference
+                                             camera, rows 1.. the driving frames' by theirs
+    landmarks         (F, 478, 2)            only with ``landmarks=True``: MediaPipe's face-mesh
+                                             points in [−1, 1] image coordinates, from the
+                                             clip's avatar (synthetic clips only;
+                                             ``factorportrait.data.landmarks``)
     has_normals       bool
     clip_id, kind, reference_clip_id  str;  frame_indices (F,) int64;  reference_frame int
 
@@ -28,7 +36,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from factorportrait.data.landmarks import sample_landmarks
 from factorportrait.data.latent_cache import encode_images, encode_video
+from factorportrait.geometry.cameras import Cameras
+from factorportrait.geometry.head_pose import head_pose_matrices
 from factorportrait.geometry.rays import PIXEL_MULTIPLE, dit_rays
 
 EXPRESSION_DIM = 128  # the expression controller's input width (FactorPortrait §4.2)
@@ -83,11 +94,26 @@ def _latent(sample: Mapping[str, Any], latent_key: str, pixel_key: str,
     return encode_video(vae, pixels, tile)  # (3, F, H, W) → (16, F_lat, h, w)
 
 
+def sample_head_pose(sample: Mapping[str, Any]) -> Tensor:
+    """``(1 + F, 3, 4)`` float32 head poses ``P``: the reference frame's seen by
+    ``reference_camera``, then the ``F`` driving frames' seen by ``cameras``."""
+    rotation = torch.cat([sample["reference_head_rotation"].reshape(1, 3).float(),
+                          sample["head_rotation"].float()])  # (1 + F, 3)
+    translation = torch.cat([sample["reference_head_translation"].reshape(1, 3).float(),
+                             sample["head_translation"].float()])  # (1 + F, 3)
+    cameras = Cameras.cat([sample["reference_camera"], sample["cameras"]])  # 1 + F
+    try:
+        return head_pose_matrices(rotation, translation, cameras)
+    except ValueError as err:
+        raise ValueError(f"clip {sample['clip_id']!r}: {err}") from err
+
+
 def to_training_sample(sample: Mapping[str, Any], vae: torch.nn.Module | None = None,
-                       tile: int | None = None) -> dict[str, Any]:
+                       tile: int | None = None, landmarks: bool = False) -> dict[str, Any]:
     """A ``PortraitClipDataset`` sample → the DiT's training inputs (module docstring).
 
     ``vae``: a ``WanVAE`` for pixels the cache did not cover; ``tile``: its spatial tile size.
+    ``landmarks``: add ``landmarks (F, 478, 2)``; ``ValueError`` for a clip without an avatar.
     """
     height, width = _check_size(sample)
     latents = _latent(sample, "latents", "video", vae, tile)
@@ -102,7 +128,9 @@ def to_training_sample(sample: Mapping[str, Any], vae: torch.nn.Module | None = 
     out.update(latents=latents, reference_latent=reference_latent,
                normal_latents=normal_latents, expression=expression, expression_source=source,
                rays=dit_rays(sample["reference_camera"], sample["cameras"], height,
-                             width).float())
+                             width).float(), head_pose=sample_head_pose(sample))
+    if landmarks:
+        out["landmarks"] = sample_landmarks(sample)
     return out
 
 
@@ -110,20 +138,22 @@ class LatentTrainingDataset(Dataset):
     """``to_training_sample`` over a ``PortraitClipDataset`` (same indices and draws).
 
     With a ``vae`` on the GPU, keep DataLoader workers at 0 (or use the ``spawn`` start
-    method); precomputed latents need no VAE in the loader.
+    method); precomputed latents need no VAE in the loader. ``landmarks``: items carry
+    ``landmarks (F, 478, 2)`` (synthetic clips only).
     """
 
     def __init__(self, dataset: Dataset, vae: torch.nn.Module | None = None,
-                 tile: int | None = None) -> None:
+                 tile: int | None = None, landmarks: bool = False) -> None:
         self.dataset = dataset
         self.vae = vae
         self.tile = tile
+        self.landmarks = bool(landmarks)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        return to_training_sample(self.dataset[item], self.vae, self.tile)
+        return to_training_sample(self.dataset[item], self.vae, self.tile, self.landmarks)
 
     def kind_to_indices(self) -> dict[str, list[int]]:
         return self.dataset.kind_to_indices()

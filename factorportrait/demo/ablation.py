@@ -16,9 +16,13 @@ Rows (FactorPortrait Table 2; DeX-Portrait Table 2):
     c1_no_dynamicsweep    C1: no DynamicSweep clips; stages 3-4 mix Phone 20 / Studio 40 /
                           ViewSweep 40 (%)
     c2_no_normal_maps     C2: no body normal maps (the pose condition always dropped)
-    no_camera_rays        DeX "w/o ray map", as far as it applies here: no Plücker camera rays
-                          (the camera condition always dropped). DeX's head-pose ray map is a
-                          separate condition, not in this DiT yet.
+    no_camera_rays        no Plücker camera rays (the camera condition always dropped)
+    c3_landmarks          C3: 478 2D landmarks through cross attention instead of the codes
+    dex_dual_branch       DeX's dual-branch pose injection (head-pose ray maps + reference
+                          warping) added; AdaLN expression, normals and rays kept
+    dex_no_ray_map        DeX "w/o ray map": dex_dual_branch with warping only
+    dex_no_warping        DeX "w/o warping": dex_dual_branch with ray maps only
+(docs/conditioning.md for the DeX and C3 variants.)
 """
 
 from __future__ import annotations
@@ -50,8 +54,11 @@ PAPER = {
     "full": "Full: PSNR 22.81, SSIM 83.32, CSIM 78.82, AED 0.212, FID-VID 20.68",
     "c1_no_dynamicsweep": "C1: PSNR 21.63, SSIM 80.37, CSIM 78.20, AED 0.221, FID-VID 40.44",
     "c2_no_normal_maps": "C2: PSNR 16.62, SSIM 70.32, CSIM 65.16, AED 0.202, FID-VID 50.22",
-    "no_camera_rays": "DeX w/o ray map (cross): CSIM 0.609, AED 0.0506, APD 0.162 "
-                      "(full 0.623, 0.0515, 0.145)",
+    "no_camera_rays": "(no paper row: FactorPortrait keeps its Plücker rays in every row)",
+    "c3_landmarks": "C3: PSNR 19.60, SSIM 77.48, CSIM 70.01, AED 0.290, FID-VID 53.78",
+    "dex_dual_branch": "DeX full (cross): CSIM 0.623, AED 0.0515, APD 0.145",
+    "dex_no_ray_map": "DeX w/o ray map (cross): CSIM 0.609, AED 0.0506, APD 0.162",
+    "dex_no_warping": "DeX w/o warping (cross): CSIM 0.619, AED 0.0507, APD 0.166",
 }
 
 

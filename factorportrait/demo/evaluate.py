@@ -46,6 +46,8 @@ from factorportrait.evaluation.controls import (
     silhouette_iou,
 )
 from factorportrait.evaluation.metrics import psnr, ssim
+from factorportrait.geometry.cameras import Cameras
+from factorportrait.geometry.head_pose import head_pose_matrices
 from factorportrait.geometry.rays import dit_rays
 from factorportrait.models.conditions import PortraitConditions
 
@@ -82,8 +84,15 @@ def clip_conditions(pipeline, clip: HeldoutClip, reference: int, *, freeze_pose:
     reference_latent = vae.encode_image(to_unit(clip.rgb[[reference]]))
     codes = clip.track.expression_codes.float()
     rays = dit_rays(clip.cameras[[reference]], cameras, size, size)
+    track = clip.track
+    poses = [reference] * frames if freeze_pose else list(range(frames))
+    head_pose = head_pose_matrices(  # DeX head poses: the reference's, then each frame's
+        track.head_rotation[[reference, *poses]], track.head_translation[[reference, *poses]],
+        Cameras.cat([clip.cameras[[reference]], cameras]))
+    landmarks = None if track.landmarks is None else track.landmarks[None]
     return PortraitConditions(reference_latent=reference_latent, normal_latents=normal_latents,
-                              rays=rays[None], expression=codes[None]).to(pipeline.device)
+                              rays=rays[None], expression=codes[None], head_pose=head_pose[None],
+                              landmarks=landmarks).to(pipeline.device)
 
 
 def generate(pipeline, conditions: PortraitConditions, settings: SampleSettings) -> Tensor:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from factorportrait.data.landmarks import avatar_landmarks
 from factorportrait.data.synthetic import ClipSpec, SyntheticConfig, make_avatar, render_clip
 from factorportrait.data.synthetic.config import identity_name
 from factorportrait.expression.codes import EncoderCodeSource
@@ -90,6 +91,10 @@ def render_heldout(config: SyntheticConfig, spec: ClipSpec, size: int,
         with torch.no_grad():
             track = track.replace(expression_codes=encoder(frames, boxes))
     cameras = track.cameras.resize(size, size)
+    if annotations.betas is not None and annotations.expression is not None:
+        track = track.replace(landmarks=avatar_landmarks(  # the landmark condition (C3)
+            annotations.betas, annotations.expression, annotations.head_rotation,
+            annotations.head_translation, cameras))
     scale = torch.tensor([size / annotations.width, size / annotations.height])
     boxes = FaceBoxes(boxes.center * scale, boxes.side * scale[1], boxes.roll)  # side: height
     return HeldoutClip(spec.id, resize_frames(clip.rgb, (size, size)),

@@ -168,7 +168,9 @@ def stage_config(config: DictConfig, name: str):
     with open_dict(recipe):
         recipe.experiment = "dit" if ablation.name is None else f"ablation_{ablation.name}"
         recipe.output_root = str(work_dir(config) / "runs")
-        recipe.model.overrides = OmegaConf.to_container(dit.model)
+        # the demo's sizes, then what the recipe adds (an ablation's conditioning=...)
+        recipe.model.overrides = {**OmegaConf.to_container(dit.model),
+                                  **OmegaConf.to_container(recipe.model.overrides)}
         recipe.data.height = recipe.data.width = config.size
         recipe.data.num_workers = 0
         recipe.data.options.update(root=str(data_root(config)),

@@ -13,8 +13,10 @@ training is exactly what the sampler feeds it as "no expression":
 
 | condition  | dropped value                                                                    |
 |------------|----------------------------------------------------------------------------------|
-| expression | zero codes ``(T, 128)`` — a learned null input, *not* ``expression=None``        |
-| pose       | zero normal latents                                                              |
+| expression | zero codes ``(T, 128)`` — a learned null input, *not* ``expression=None``;       |
+|            | zero landmarks ``(T, N, 2)`` for the landmark condition (every form dropped)     |
+| pose       | zero normal latents; head poses all equal to the source pose (no head motion:    |
+|            | identical source/driving ray maps, the reference warped by the identity)         |
 | camera     | every frame gets frame 0's rays (the identity camera): a static camera           |
 | reference  | zero reference latent (it fills DiT frame 0's latent and reference slots)         |
 """
@@ -171,9 +173,15 @@ def null_conditions(conditions: PortraitConditions, drop: Iterable[str],
     if "expression" in names and conditions.expression is not None:
         codes = conditions.expression
         changes["expression"] = _where(mask, torch.zeros_like(codes), codes)
+    if "expression" in names and conditions.landmarks is not None:
+        landmarks = conditions.landmarks
+        changes["landmarks"] = _where(mask, torch.zeros_like(landmarks), landmarks)
     if "pose" in names:
         normals = conditions.normal_latents
         changes["normal_latents"] = _where(mask, torch.zeros_like(normals), normals)
+        if conditions.head_pose is not None:  # (B, 1+T, 3, 4); index 0 = the source pose
+            poses = conditions.head_pose
+            changes["head_pose"] = _where(mask, poses[:, :1].expand_as(poses), poses)
     if "camera" in names:
         rays = conditions.rays  # (B, 24, 1+F_lat, h, w); frame 0 = identity camera
         changes["rays"] = _where(mask, rays[:, :, :1].expand_as(rays), rays)

@@ -72,7 +72,8 @@ def concat_conditions(parts: Sequence[PortraitConditions]) -> PortraitConditions
 
     return PortraitConditions(reference_latent=cat("reference_latent"),
                               normal_latents=cat("normal_latents"), rays=cat("rays"),
-                              expression=cat("expression"), context=cat("context"))
+                              expression=cat("expression"), context=cat("context"),
+                              head_pose=cat("head_pose"), landmarks=cat("landmarks"))
 
 
 def predict_branches(model: VelocityModel, latents: torch.Tensor, sigma: float,

@@ -10,6 +10,8 @@ File format (``*.safetensors``; every tensor keeps its dtype, so a round trip is
     head_rotation     (F, 3)     head (SMPL-X: root) rotation, axis-angle radians, world frame
     head_translation  (F, 3)     metres, world frame
     body_pose         (F, P)     body pose parameters (SMPL-X layout: docs/pipeline.md)
+    landmarks         (F, N, 2)  2D facial landmarks in [−1, 1] image coordinates (the
+                                 landmark expression condition, FactorPortrait C3)
     K                 (F, 3, 3)  camera intrinsics in pixels of a ``width × height`` image
     c2w               (F, 4, 4)  OpenCV camera-to-world, metres (docs/cameras.md)
 
@@ -46,7 +48,7 @@ from factorportrait.io.tagged import read_tagged, write_tagged
 TRACK_FORMAT = "factorportrait.control_track"
 TRACK_VERSION = 1
 PER_FRAME = {"expression_codes": (None,), "expression": (None,), "head_rotation": (3,),
-             "head_translation": (3,), "body_pose": (None,)}
+             "head_translation": (3,), "body_pose": (None,), "landmarks": (None, 2)}
 POSE_FIELDS = ("head_rotation", "head_translation", "body_pose")
 WORLDS = ("scene", "camera")
 
@@ -66,6 +68,7 @@ class ControlTrack:
     head_rotation: Tensor | None = None
     head_translation: Tensor | None = None
     body_pose: Tensor | None = None
+    landmarks: Tensor | None = None
     cameras: Cameras | None = None
     expression_names: tuple[str, ...] = ()
     source: str = ""

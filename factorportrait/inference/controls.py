@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from factorportrait.geometry.cameras import Cameras
+from factorportrait.geometry.head_pose import head_pose_matrices, normalised_landmarks
 from factorportrait.geometry.rays import dit_rays
 from factorportrait.geometry.trajectories import static
 from factorportrait.inference.control_track import ControlTrack
@@ -72,6 +73,10 @@ class ControlPlan:
             or ``None`` when the pose factor has no parameters (driving video only).
         normal_maps: ``(F, 3, H, W)`` in [0, 1] given by the user instead of a mesh, or None.
         expression_codes: ``(F, 128)``.
+        reference_pose: the reference's 1-frame head pose (rest pose when not given), the
+            source of DeX's head-pose condition.
+        landmarks: ``(F, N, 2)`` landmarks of the expression factor (its track's, or the
+            reference's held), or ``None`` when that track has none.
     """
 
     mode: str
@@ -80,6 +85,8 @@ class ControlPlan:
     mesh_pose: ControlTrack | None
     normal_maps: Tensor | None
     expression_codes: Tensor
+    reference_pose: ControlTrack | None = None
+    landmarks: Tensor | None = None
 
     @property
     def num_frames(self) -> int:
@@ -199,7 +206,8 @@ def plan_controls(mode: str, num_frames: int, reference: ControlTrack, *,
         mesh_pose=_mesh_pose(pose_track, expression_track, reference, num_frames),
         normal_maps=normal_maps,
         expression_codes=_codes(expression_track, "expression source" if mode == "mixed"
-                                else f"the {factors.expression} performance"))
+                                else f"the {factors.expression} performance"),
+        reference_pose=reference, landmarks=expression_track.landmarks)
 
 
 def _check_lengths(num_frames: int, **sources: ControlTrack | Tensor | None) -> None:
@@ -221,15 +229,45 @@ def render_plan_normals(plan: ControlPlan, mesh_source: MeshSource | None, heigh
                               supersample)
 
 
+def mesh_landmarks(plan: ControlPlan, mesh_source: MeshSource | None) -> Tensor | None:
+    """``(F, 478, 2)`` landmarks of an avatar mesh source at the plan's pose and mesh
+    expression, seen by the plan's cameras (the vertices nearest to the canonical face's
+    points, as the synthetic training data's: :mod:`factorportrait.data.landmarks`); ``None``
+    for other sources or without a mesh pose."""
+    avatar = getattr(mesh_source, "avatar", None)
+    if avatar is None or plan.mesh_pose is None:
+        return None
+    from factorportrait.tracking.canonical import canonical_face
+
+    neutral = avatar.neutral_vertices
+    indices = torch.cdist(canonical_face().to(neutral), neutral).argmin(1)  # (478,)
+    vertices = mesh_source.vertices(plan.mesh_pose)  # (F, V, 3) world
+    return normalised_landmarks(vertices[:, indices], plan.cameras)
+
+
 def plan_rays(plan: ControlPlan, height: int, width: int) -> Tensor:
     """``(24, 1 + F_lat, h, w)`` Plücker rays relative to the reference camera (frame 0 = the
     identity camera; :func:`~factorportrait.geometry.rays.dit_rays`)."""
     return dit_rays(plan.reference_camera, plan.cameras, height, width)
 
 
+def plan_head_pose(plan: ControlPlan) -> Tensor | None:
+    """``(1 + F, 3, 4)`` DeX head poses (:func:`~factorportrait.geometry.head_pose.
+    head_pose_matrices`): the reference's seen by the reference camera, then the plan's pose
+    seen by each frame's camera; ``None`` without a head pose for the frames."""
+    pose, reference = plan.mesh_pose, plan.reference_pose
+    if pose is None or pose.head_rotation is None or reference is None:
+        return None
+    rotation = torch.cat([reference.head_rotation, pose.head_rotation]).float()
+    translation = torch.cat([reference.head_translation, pose.head_translation]).float()
+    cameras = Cameras.cat([plan.reference_camera, plan.cameras])
+    return head_pose_matrices(rotation, translation, cameras)
+
+
 def assemble_conditions(plan: ControlPlan, reference_latent: Tensor,
                         normal_latents: Tensor | None, height: int, width: int,
-                        context: Tensor | None = None) -> PortraitConditions:
+                        context: Tensor | None = None, landmarks: Tensor | None = None
+                        ) -> PortraitConditions:
     """The DiT's conditions for one video (B = 1).
 
     Args:
@@ -237,14 +275,19 @@ def assemble_conditions(plan: ControlPlan, reference_latent: Tensor,
         normal_latents: ``(1, 16, F_lat, h, w)`` VAE latents of the normal maps (in [-1, 1]),
             or ``None`` for the dropped pose condition (zeros, as in training without normals).
         context: ``(1, L, text_dim)`` or ``None`` (the model's null context).
+        landmarks: ``(F, N, 2)`` overriding ``plan.landmarks`` (e.g. from the mesh source).
     """
     frames_lat = (plan.num_frames - 1) // 4 + 1
     if normal_latents is None:
         shape = (1, reference_latent.shape[1], frames_lat, *reference_latent.shape[-2:])
         normal_latents = reference_latent.new_zeros(shape)
     device, dtype = reference_latent.device, reference_latent.dtype
+    head_pose = plan_head_pose(plan)
+    landmarks = plan.landmarks if landmarks is None else landmarks
     return PortraitConditions(
         reference_latent=reference_latent, normal_latents=normal_latents.to(device, dtype),
         rays=plan_rays(plan, height, width)[None].to(device, dtype),
         expression=plan.expression_codes[None].to(device, dtype),
-        context=None if context is None else context.to(device))
+        context=None if context is None else context.to(device),
+        head_pose=None if head_pose is None else head_pose[None].to(device, dtype),
+        landmarks=None if landmarks is None else landmarks[None].to(device, dtype))

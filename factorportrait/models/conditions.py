@@ -29,6 +29,14 @@ class PortraitConditions:
             ``None`` drops the expression condition (no AdaLN offset on any frame).
         context: ``(B, L, text_dim)`` text context for cross-attention; ``None`` uses the
             model's stored null context.
+        head_pose: ``(B, 1+T, 3, 4)`` DeX-Portrait head poses ``P = [sR | t]``
+            (:mod:`factorportrait.geometry.head_pose`): index 0 the source (reference image),
+            1…T the driving video frames. Read by models with ``head_pose_rays`` (ray maps in
+            channels) or ``reference_warp_blocks`` (the reference warped by ``P_d P_s⁻¹``);
+            ``None``: no head-pose condition (zero ray maps, no warping).
+        landmarks: ``(B, T, N, 2)`` 2D facial landmarks in [−1, 1] image coordinates, the
+            expression condition of models with ``expression_condition="landmarks"``
+            (FactorPortrait C3); ``None`` drops it.
     """
 
     reference_latent: torch.Tensor
@@ -36,6 +44,8 @@ class PortraitConditions:
     rays: torch.Tensor
     expression: Optional[torch.Tensor] = None
     context: Optional[torch.Tensor] = None
+    head_pose: Optional[torch.Tensor] = None
+    landmarks: Optional[torch.Tensor] = None
 
     @property
     def batch_size(self) -> int:
@@ -48,8 +58,8 @@ class PortraitConditions:
 
     def validate(self, noisy_latents: Optional[torch.Tensor] = None, *, latent_channels: int = 16,
                  ray_channels: int = 24, expression_dim: int = 128,
-                 text_dim: Optional[int] = None, check_finite: bool = True
-                 ) -> "PortraitConditions":
+                 text_dim: Optional[int] = None, check_finite: bool = True,
+                 landmark_points: Optional[int] = None) -> "PortraitConditions":
         """Check shapes, dtypes and finiteness; raise ``ValueError`` naming the field.
 
         Args:
@@ -80,6 +90,16 @@ class PortraitConditions:
             expected_dim = self.context.shape[2] if text_dim is None else text_dim
             _check_shape("context", self.context, (batch, self.context.shape[1], expected_dim),
                          "(B, L, text_dim)")
+        video_frames = 4 * (frames - 1) + 1
+        if self.head_pose is not None:
+            _check_tensor("head_pose", self.head_pose, 4, check_finite)
+            _check_shape("head_pose", self.head_pose, (batch, 1 + video_frames, 3, 4),
+                         "(B, 1+T, 3, 4) with T = 4·(F_lat−1)+1 (source, then driving)")
+        if self.landmarks is not None:
+            _check_tensor("landmarks", self.landmarks, 4, check_finite)
+            points = self.landmarks.shape[2] if landmark_points is None else landmark_points
+            _check_shape("landmarks", self.landmarks, (batch, video_frames, points, 2),
+                         "(B, T, N, 2) with T = 4·(F_lat−1)+1")
         if noisy_latents is not None:
             _check_tensor("noisy_latents", noisy_latents, 5, check_finite)
             _check_shape("noisy_latents", noisy_latents,
@@ -114,3 +134,23 @@ def _check_shape(name: str, value: torch.Tensor, expected: tuple[int, ...], patt
     if tuple(value.shape) != tuple(expected):
         raise ValueError(f"PortraitConditions.{name} has shape {tuple(value.shape)}; expected "
                          f"{pattern} = {tuple(expected)}")
+
+
+def check_required(conditions: PortraitConditions, config, where: str) -> None:
+    """Refuse, in one line, conditions that lack an input the model's config reads as a
+    condition it was trained on (``head_pose`` for DeX pose paths, ``landmarks`` for C3).
+
+    ``config`` is a :class:`~factorportrait.config.DiTConfig`; ``where`` names the source
+    (``"training batch"``, ``"the render"``) in the message.
+    """
+    if config.expression_condition == "landmarks" and conditions.landmarks is None:
+        raise ValueError(f"{where} has no landmarks, but the DiT's expression condition is "
+                         "landmarks (expression_condition: landmarks): give landmarks (F, "
+                         f"{config.landmark_points}, 2) — data.options.landmarks: true for "
+                         "synthetic data, a control track with landmarks, or an avatar mesh "
+                         "source")
+    needs_pose = config.head_pose_rays or bool(config.reference_warp_blocks)
+    if needs_pose and conditions.head_pose is None:
+        raise ValueError(f"{where} has no head_pose, but the DiT reads DeX head poses "
+                         "(head_pose_rays / reference_warp_blocks): give head poses — a "
+                         "control track or mesh pose with head_rotation/head_translation")

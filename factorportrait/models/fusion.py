@@ -9,8 +9,11 @@ embedded by one Conv3d, Wan's ``patch_embedding`` widened from 16 to 72 input ch
 | reference | 16 | reference latent               | zeros                         |
 | normals   | 16 | zeros                          | normal-map video latents      |
 | rays      | 24 | identity-camera Plücker rays   | Plücker rays, 4 frames × 6 ch |
+| head rays | 24 | source head-pose ray maps      | source + driving ray maps     |
 
-The 56 new input channels start at zero, so at initialisation the layer equals Wan's patch
+The head-ray slot (DeX-Portrait Eq. 3, :func:`~factorportrait.geometry.head_pose.dit_head_rays`)
+exists only with ``DiTConfig.head_pose_rays`` (96 channels); without ``head_pose`` it is zero.
+The new input channels start at zero, so at initialisation the layer equals Wan's patch
 embedding applied to ``cat([reference_latent, z_t], dim=2)``.
 """
 
@@ -20,6 +23,8 @@ import torch
 from torch import nn
 
 from factorportrait.config import DiTConfig
+from factorportrait.geometry.head_pose import dit_head_rays
+from factorportrait.geometry.rays import LATENT_STRIDE
 from factorportrait.models.conditions import PortraitConditions
 
 
@@ -34,6 +39,7 @@ class ConditionFusion(nn.Conv3d):
         super().__init__(config.in_channels, config.dim, kernel_size=config.patch_size,
                          stride=config.patch_size)
         self.latent_channels = config.latent_channels
+        self.head_pose_rays = config.head_pose_rays
         with torch.no_grad():
             self.weight[:, config.latent_channels:].zero_()
 
@@ -45,7 +51,8 @@ class ConditionFusion(nn.Conv3d):
             conditions: reference ``(B,16,1,h,w)``, normals ``(B,16,F_lat,h,w)``,
                 rays ``(B,24,1+F_lat,h,w)``.
         Returns:
-            ``(B, 72, 1+F_lat, h, w)``: latent | reference | normals | rays.
+            ``(B, 72, 1+F_lat, h, w)``: latent | reference | normals | rays (| head rays:
+            96 channels).
         """
         reference = conditions.reference_latent.to(noisy_latents.dtype)
         generated_zeros = torch.zeros_like(noisy_latents)
@@ -55,7 +62,15 @@ class ConditionFusion(nn.Conv3d):
         normals = torch.cat([reference_zeros, conditions.normal_latents.to(reference.dtype)],
                             dim=2)
         rays = conditions.rays.to(reference.dtype)
-        return torch.cat([latent, reference_slot, normals, rays], dim=1)
+        slots = [latent, reference_slot, normals, rays]
+        if self.head_pose_rays:
+            if conditions.head_pose is None:
+                slots.append(torch.zeros_like(rays))
+            else:
+                height, width = (LATENT_STRIDE * size for size in reference.shape[-2:])
+                slots.append(dit_head_rays(conditions.head_pose.float(), height,
+                                           width).to(reference.dtype))
+        return torch.cat(slots, dim=1)
 
     def forward(self, noisy_latents: torch.Tensor,  # type: ignore[override]
                 conditions: PortraitConditions) -> torch.Tensor:

@@ -26,7 +26,8 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT = "factorportrait-dit/1"
 
 # Modules that FactorPortrait adds to Wan: absent from official checkpoints, zero-initialised.
-NEW_PREFIXES = ("expression_controller.", "null_context")
+NEW_PREFIXES = ("expression_controller.", "expression_tokens.", "landmark_encoder.",
+                "expression_attention.", "reference_warp.", "null_context")
 
 
 class WeightsMismatchError(ValueError):

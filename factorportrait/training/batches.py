@@ -8,6 +8,11 @@ The contract (what a training dataset item holds; ``F_lat = (F − 1)/4 + 1``):
     rays              (24, 1 + F_lat, h, w)  Plücker rays, frame 0 = reference camera
     expression        (F, 128)               per-video-frame expression codes
 
+and optionally (``PortraitConditions`` gets ``None`` where an item lacks them):
+
+    head_pose         (1 + F, 3, 4)          DeX head poses ``[sR | t]``, row 0 = reference
+    landmarks         (F, N, 2)              2D facial landmarks in [−1, 1]
+
 Other keys (``kind``, ``clip_id`` …) are carried along and ignored. A dataset also offers
 ``kind_to_indices() -> {kind: [index, …]}`` for the curriculum's mixture sampler.
 """
@@ -32,7 +37,8 @@ VALIDATION_SEED_OFFSET = 7919  # the toy validation set: same task, other items
 
 def batch_to_conditions(batch: Mapping[str, Any], device: torch.device | str | None = None
                         ) -> tuple[torch.Tensor, PortraitConditions]:
-    """A collated batch -> ``(latents (B,16,F_lat,h,w), PortraitConditions)`` on ``device``.
+    """A collated batch -> ``(latents (B,16,F_lat,h,w), PortraitConditions)`` on ``device``;
+    ``head_pose (B,1+F,3,4)`` and ``landmarks (B,F,N,2)`` go into the conditions when present.
 
     Raises ``ValueError`` naming a missing key; shapes are checked by
     :meth:`PortraitConditions.validate` (finiteness is left to the loop's bad-step guard).
@@ -49,10 +55,15 @@ def batch_to_conditions(batch: Mapping[str, Any], device: torch.device | str | N
                              f"{type(value).__name__}")
         return value.to(device, non_blocking=True) if device is not None else value
 
+    def optional(key: str) -> torch.Tensor | None:
+        return move(key) if batch.get(key) is not None else None
+
     latents = move("latents")
     conditions = PortraitConditions(reference_latent=move("reference_latent"),
                                     normal_latents=move("normal_latents"), rays=move("rays"),
-                                    expression=move("expression"))
+                                    expression=move("expression"),
+                                    head_pose=optional("head_pose"),
+                                    landmarks=optional("landmarks"))
     conditions.validate(latents, check_finite=False)
     return latents, conditions
 
@@ -61,8 +72,8 @@ def build_dataset(spec: DataSpec, frames: int, seed: int, split: str = "train") 
     """The dataset named by ``spec.source`` for ``frames`` video frames; ``split`` is
     ``train`` or ``heldout`` (validation; uses ``spec.validation_options`` on top).
 
-    ``toy``: :class:`SyntheticLatentDataset` (``options.num_items``; validation items use
-    another seed). ``synthetic``: ``factorportrait.data.build_dataset(frames=, height=,
+    ``toy``: :class:`SyntheticLatentDataset` (``options.num_items``, ``landmark_points``;
+    validation items use another seed). ``synthetic``: ``factorportrait.data.build_dataset(frames=, height=,
     width=, split=, seed=, **options)``, which must return a dataset following the contract.
     """
     if split not in ("train", "heldout"):
@@ -71,12 +82,13 @@ def build_dataset(spec: DataSpec, frames: int, seed: int, split: str = "train") 
         options = dict(spec.options if split == "train" else
                        {**spec.options, **spec.validation_options})
         num_items = options.pop("num_items", 64)
+        landmark_points = options.pop("landmark_points", 0)
         if options:
-            raise ValueError(f"data.options for the toy source accept only num_items, got "
-                             f"{sorted(options)}")
+            raise ValueError(f"data.options for the toy source accept only num_items and "
+                             f"landmark_points, got {sorted(options)}")
         item_seed = seed if split == "train" else seed + VALIDATION_SEED_OFFSET
         return SyntheticLatentDataset(num_items, frames, spec.height // 8, spec.width // 8,
-                                      seed=item_seed)
+                                      seed=item_seed, landmark_points=landmark_points)
     try:
         from factorportrait.data import build_dataset as build_real_dataset
     except ImportError as error:

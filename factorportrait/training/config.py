@@ -20,8 +20,11 @@ from typing import Any, Optional
 
 from factorportrait.config import DiTConfig
 from factorportrait.diffusion.flow_matching import SIGMA_DISTRIBUTIONS, ConditionDropout
+from factorportrait.training.lora import LoraSpec
 
-TRAINABLE = ("all", "conditions")
+# model.trainable presets (training/optim.py select_trainable); all / conditions are the older
+# names of full / new_paths_only.
+TRAINABLE = ("full", "lora", "self_attention_and_new", "new_paths_only", "all", "conditions")
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("auto", "bf16", "no")
 DATA_SOURCES = ("toy", "synthetic")
@@ -33,13 +36,16 @@ RECIPE_ONLY_KEYS = ("experiment", "output_root", "curriculum")
 class ModelSpec:
     """Which DiT to build. ``preset``: tiny | wan_1_3b | wan_14b; ``overrides``: DiTConfig
     fields; ``wan_weights``: official Wan 2.1 T2V DiT weights (``from_wan``), used by a stage
-    without ``init_from``; ``"???"`` (the Wan presets) means "required when used"."""
+    without ``init_from``; ``"???"`` (the Wan presets) means "required when used".
+    ``trainable``: one of :data:`TRAINABLE` (``select_trainable``); ``lora``: rank, alpha,
+    dropout and target modules of ``trainable: lora`` (:class:`LoraSpec`)."""
 
     preset: str = "tiny"
     overrides: dict = field(default_factory=dict)
     wan_weights: Optional[str] = field(default=None, metadata={"missing_ok": True})
     gradient_checkpointing: bool = True
-    trainable: str = "all"
+    trainable: str = "full"
+    lora: LoraSpec = field(default_factory=LoraSpec)
 
     def __post_init__(self) -> None:
         _choice("model.trainable", self.trainable, TRAINABLE)

@@ -19,6 +19,7 @@ bit-exactly through safetensors + JSON. The global RNG states are saved too (per
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -31,10 +32,11 @@ import numpy as np
 import torch
 
 from factorportrait.diffusion.flow_matching import flow_matching_loss
+from factorportrait.models.conditions import check_required
 from factorportrait.models.dit import FactorPortraitDiT
 from factorportrait.models.weights import WEIGHTS_FILE, WeightReader, read_config
 from factorportrait.training import checkpoint as ckpt
-from factorportrait.training import sequence_parallel
+from factorportrait.training import lora, sequence_parallel
 from factorportrait.training.sequence_parallel import data_parallel_rank
 from factorportrait.training.batches import (batch_to_conditions, build_dataset, build_loader,
                                              fixed_batches)
@@ -131,7 +133,7 @@ def build_model(config: TrainConfig, partition: Optional[dict] = None,
         model = FactorPortraitDiT(dit_config)
         if reader is not None:
             reader.load_into(model)
-    select_trainable(model, config.model.trainable)
+    select_trainable(model, config.model.trainable, config.model.lora)
     model.enable_gradient_checkpointing(config.model.gradient_checkpointing)
     return model.train()
 
@@ -210,6 +212,7 @@ class Trainer:
                 "zero_optimization", {}).get("stage") == 3:
             partition = filled_deepspeed_config(config, runtime, self.accumulation)
         model = build_model(config, partition, load=self.resume_from is None)
+        self.dit_config = model.config
         if degree > 1:  # each group of `degree` ranks splits every sample's tokens
             sequence_parallel.install(model, sequence_group(runtime, degree),
                                       config.distributed.sequence_parallel_mode)
@@ -286,6 +289,7 @@ class Trainer:
             batch = next(batches)
             self.record_bad_clips(batch)
             latents, conditions = batch_to_conditions(batch, self.runtime.device)
+            check_required(conditions, self.dit_config, "the training batch")
             generator = seeded_generator(config.seed, self.step, micro, self.data_rank)
             with engine.autocast():
                 loss, _ = flow_matching_loss(engine.model, latents, conditions, generator,
@@ -447,11 +451,14 @@ class Trainer:
         config = self.engine.module.config
         trained = {"height": self.config.data.height, "width": self.config.data.width,
                    "frames": self.config.stage.frames}
+        export = ckpt.export_weights  # LoRA: merged weights + adapter.safetensors
+        if lora.has_lora(self.engine.module):
+            export = functools.partial(lora.export_merged, self.engine.module)
         if self.runtime.is_main:
-            ckpt.export_weights(final_dir(self.stage_dir), weights, config, trained)
+            export(final_dir(self.stage_dir), weights, config, trained)
             if self.ema is not None:
-                ckpt.export_weights(self.stage_dir / FINAL_EMA_DIR,
-                                    {**weights, **self.ema.state_dict()}, config, trained)
+                export(self.stage_dir / FINAL_EMA_DIR, {**weights, **self.ema.state_dict()},
+                       config, trained)
         if self.config.distributed.export_rank_weights:
             directory = self.stage_dir / "rank_weights"
             directory.mkdir(parents=True, exist_ok=True)

@@ -4,29 +4,46 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Optional
 
 import torch
 from torch import nn
 
 from factorportrait.models.dit import FactorPortraitDiT
-from factorportrait.training.config import OptimSpec
+from factorportrait.training.config import TRAINABLE, OptimSpec
+from factorportrait.training.lora import LoraSpec, apply_lora, is_lora_key
 
 
-def select_trainable(model: FactorPortraitDiT, mode: str) -> list[nn.Parameter]:
-    """Set ``requires_grad`` for ``mode`` and return the trainable parameters.
+PRESET_ALIASES = {"all": "full", "conditions": "new_paths_only"}  # the older names
 
-    ``all``: the whole DiT. ``conditions``: only the new condition paths (the widened patch
-    embedding and the expression controller, :meth:`FactorPortraitDiT.condition_parameters`);
-    the pretrained Wan blocks stay frozen.
+
+def select_trainable(model: FactorPortraitDiT, mode: str, lora: Optional[LoraSpec] = None
+                     ) -> list[nn.Parameter]:
+    """Set ``requires_grad`` for the preset ``mode`` and return the trainable parameters.
+
+    ``full`` (alias ``all``): the whole DiT. ``new_paths_only`` (alias ``conditions``): only
+    the new condition paths (:meth:`FactorPortraitDiT.condition_parameters`: the widened patch
+    embedding, the expression controller, the DeX modules); the Wan blocks stay frozen.
+    ``self_attention_and_new``: every block's ``self_attn`` and the new paths (ReCamMaster's
+    choice). ``lora``: peft LoRA adapters (``lora``, default :class:`LoraSpec`) injected into
+    the block projections, trained with the new paths; the base stays frozen.
     """
-    if mode == "all":
-        model.requires_grad_(True)
-    elif mode == "conditions":
-        model.requires_grad_(False)
+    preset = PRESET_ALIASES.get(mode, mode)
+    if preset not in ("full", "new_paths_only", "self_attention_and_new", "lora"):
+        raise ValueError(f"trainable must be one of {list(TRAINABLE)}, got {mode!r}")
+    if preset == "lora":
+        apply_lora(model, lora or LoraSpec())
+    model.requires_grad_(preset == "full")
+    if preset != "full":
         for parameter in model.condition_parameters():
             parameter.requires_grad_(True)
-    else:
-        raise ValueError(f"trainable must be 'all' or 'conditions', got {mode!r}")
+    if preset == "self_attention_and_new":
+        for block in model.blocks:
+            block.self_attn.requires_grad_(True)
+    if preset == "lora":
+        for name, parameter in model.named_parameters():
+            if is_lora_key(name):
+                parameter.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 

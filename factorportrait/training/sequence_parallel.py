@@ -151,6 +151,11 @@ class SequenceParallel:
         freqs = freqs.view(frames, tokens, *freqs.shape[1:])[:, part]
         return local, freqs.reshape(frames * share, *freqs.shape[2:])
 
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, F, S, C)`` (the same on every rank) -> this rank's ``(B, F, S/P, C)``."""
+        share = x.shape[2] // self.degree
+        return x[:, :, self.rank * share:(self.rank + 1) * share]
+
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, F, S/P, C)`` on every rank -> ``(B, F, S, C)`` on every rank."""
         return _Gather.apply(x, self.group, 2)
