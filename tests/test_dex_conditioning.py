@@ -227,3 +227,17 @@ def test_variant_checkpoints_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(noisy, timestep, conditions),
                            loaded(noisy, timestep, conditions))
+
+
+def test_long_video_windows_slice_head_poses_and_landmarks():
+    from factorportrait.inference.long_video import LatentWindow, window_conditions
+
+    config = DiTConfig.tiny(landmark_points=7)
+    _, conditions = dex_conditions(config, frames=5)  # 17 video frames
+    window = window_conditions(conditions, LatentWindow(2, 5, torch.ones(3)))
+    first, last = 8, 16  # the window's video frames (its first latent frame: video frame 8)
+    assert torch.equal(window.head_pose[:, 0], conditions.head_pose[:, 0])  # the source stays
+    assert torch.equal(window.head_pose[:, 1:], conditions.head_pose[:, 1 + first:2 + last])
+    assert torch.equal(window.landmarks, conditions.landmarks[:, first:last + 1])
+    window.validate(torch.zeros(2, 16, 3, 8, 8), expression_dim=config.expression_dim,
+                    landmark_points=7)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -144,7 +144,7 @@ def evaluate_clip(pipeline, clip: HeldoutClip, settings: SampleSettings, readout
         ROWS[1]: clip.rgb[[reference] * len(clip)],
         ROWS[2]: generate(pipeline, clip_conditions(pipeline, clip, reference,
                                                     freeze_pose=True), settings),
-        ROWS[3]: generate(pipeline, replace(full, expression=torch.zeros_like(full.expression)),
+        ROWS[3]: generate(pipeline, null_conditions(full, {"expression"}),  # codes, landmarks
                           settings),
     }
     with torch.no_grad():

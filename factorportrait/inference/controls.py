@@ -256,10 +256,17 @@ def plan_head_pose(plan: ControlPlan) -> Tensor | None:
     head_pose_matrices`): the reference's seen by the reference camera, then the plan's pose
     seen by each frame's camera; ``None`` without a head pose for the frames."""
     pose, reference = plan.mesh_pose, plan.reference_pose
-    if pose is None or pose.head_rotation is None or reference is None:
+    if pose is None or reference is None or (pose.head_rotation is None
+                                             and pose.head_translation is None):
         return None
-    rotation = torch.cat([reference.head_rotation, pose.head_rotation]).float()
-    translation = torch.cat([reference.head_translation, pose.head_translation]).float()
+
+    def field(track: ControlTrack, name: str) -> Tensor:  # a missing half: the rest pose
+        value = getattr(track, name)
+        return torch.zeros(track.num_frames, 3) if value is None else value.float()
+
+    rotation = torch.cat([field(reference, "head_rotation"), field(pose, "head_rotation")])
+    translation = torch.cat([field(reference, "head_translation"),
+                             field(pose, "head_translation")])
     cameras = Cameras.cat([plan.reference_camera, plan.cameras])
     return head_pose_matrices(rotation, translation, cameras)
 

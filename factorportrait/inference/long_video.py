@@ -107,16 +107,21 @@ def window_conditions(conditions: PortraitConditions, window: LatentWindow
 
     ``normal_latents (B,16,L,h,w)`` -> ``[:, :, start:stop]``; ``rays (B,24,1+L,h,w)`` ->
     frame 0 + ``[1+start : 1+stop]``; ``expression (B,4(L−1)+1,128)`` -> video frames
-    ``4·start … 4·(stop−1)`` (``4(n−1)+1`` codes, :meth:`LatentWindow.video_frames`).
+    ``4·start … 4·(stop−1)`` (``4(n−1)+1`` codes, :meth:`LatentWindow.video_frames`), and so
+    do ``landmarks (B,T,N,2)`` and ``head_pose (B,1+T,3,4)`` (after its source pose, index 0).
     """
     first, last = window.video_frames()
-    rays = conditions.rays
+    rays, poses = conditions.rays, conditions.head_pose
     return replace(
         conditions,
         normal_latents=conditions.normal_latents[:, :, window.start:window.stop],
         rays=torch.cat([rays[:, :, :1], rays[:, :, 1 + window.start:1 + window.stop]], dim=2),
         expression=None if conditions.expression is None
-        else conditions.expression[:, first:last + 1])
+        else conditions.expression[:, first:last + 1],
+        head_pose=None if poses is None
+        else torch.cat([poses[:, :1], poses[:, 1 + first:2 + last]], dim=1),
+        landmarks=None if conditions.landmarks is None
+        else conditions.landmarks[:, first:last + 1])
 
 
 @torch.no_grad()

@@ -47,11 +47,12 @@ def warp_features(features: torch.Tensor, transform: torch.Tensor, depth: int) -
         raise ValueError(f"warp_features: transform must be ({count}, 3, 4), got "
                          f"{tuple(transform.shape)}")
     volume = features.float().view(count, channels // depth, depth, height, width)
-    # affine_grid maps output coordinates to the input coordinates they sample: T⁻¹.
-    inverse = torch.linalg.inv(to_homogeneous(transform.float()))[:, :3]
-    grid = F.affine_grid(inverse, list(volume.shape), align_corners=False)
-    warped = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros",
-                           align_corners=False)  # trilinear on 5D input
+    with torch.autocast(volume.device.type, enabled=False):  # positions in fp32, not bf16
+        # affine_grid maps output coordinates to the input coordinates they sample: T⁻¹.
+        inverse = torch.linalg.inv(to_homogeneous(transform.float()))[:, :3]
+        grid = F.affine_grid(inverse, list(volume.shape), align_corners=False)
+        warped = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False)  # trilinear on 5D input
     return warped.view(count, channels, height, width).to(features.dtype)
 
 
@@ -72,8 +73,9 @@ class ReferenceWarp(nn.Module):
         """``head_pose (B, 1+T, 3, 4)`` -> ``P_d P_s⁻¹`` per generated latent frame
         ``(B, F_lat, 3, 4)`` (:func:`~factorportrait.geometry.head_pose.latent_frame_poses`)."""
         from factorportrait.geometry.head_pose import latent_frame_poses
-        poses = latent_frame_poses(head_pose.float())
-        return relative_pose(poses[:, :1], poses[:, 1:])
+        with torch.autocast(head_pose.device.type, enabled=False):
+            poses = latent_frame_poses(head_pose.float())
+            return relative_pose(poses[:, :1], poses[:, 1:])
 
     def warp(self, reference: torch.Tensor, grid: tuple[int, int], transforms: torch.Tensor
              ) -> torch.Tensor:

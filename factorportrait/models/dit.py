@@ -165,7 +165,9 @@ class FactorPortraitDiT(nn.Module):
         conditions.validate(noisy_latents, latent_channels=config.latent_channels,
                             ray_channels=config.ray_channels,
                             expression_dim=config.expression_dim, text_dim=config.text_dim,
-                            check_finite=False, landmark_points=config.landmark_points)
+                            check_finite=False, landmark_points=(
+                                config.landmark_points
+                                if config.expression_condition == "landmarks" else None))
         batch, _, frames, height, width = noisy_latents.shape
         if height % config.patch_size[1] or width % config.patch_size[2]:
             raise ValueError(f"noisy_latents spatial size {height}x{width} must be divisible "

@@ -68,8 +68,9 @@ class ConditionFusion(nn.Conv3d):
                 slots.append(torch.zeros_like(rays))
             else:
                 height, width = (LATENT_STRIDE * size for size in reference.shape[-2:])
-                slots.append(dit_head_rays(conditions.head_pose.float(), height,
-                                           width).to(reference.dtype))
+                with torch.autocast(reference.device.type, enabled=False):
+                    head_rays = dit_head_rays(conditions.head_pose.float(), height, width)
+                slots.append(head_rays.to(reference.dtype))
         return torch.cat(slots, dim=1)
 
     def forward(self, noisy_latents: torch.Tensor,  # type: ignore[override]

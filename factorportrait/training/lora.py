@@ -142,8 +142,10 @@ def lora_state_dict(model: nn.Module, state: Optional[dict[str, torch.Tensor]] =
 
 def base_digest(state: dict[str, torch.Tensor], skip: Sequence[str] = ()) -> str:
     """sha256 of the base weights in ``state`` (original names; LoRA tensors and ``skip``
-    left out): per tensor its name, dtype, shape and :data:`DIGEST_SAMPLES` evenly spaced
-    values as float32 bytes (module docstring)."""
+    left out): per tensor its name, shape and :data:`DIGEST_SAMPLES` evenly spaced values,
+    rounded to bfloat16, as float32 bytes (module docstring). Rounding (and leaving the dtype
+    out) makes a base trained in fp32 and the same base cast to bf16 by a mixed-precision
+    engine one identity."""
     skipped = set(skip)
     sha = hashlib.sha256()
     base = {original_name(k): v for k, v in state.items() if not is_lora_key(k)}
@@ -152,8 +154,8 @@ def base_digest(state: dict[str, torch.Tensor], skip: Sequence[str] = ()) -> str
         if tensor.numel() > DIGEST_SAMPLES:
             index = torch.linspace(0, tensor.numel() - 1, DIGEST_SAMPLES).long()
             tensor = tensor[index.to(tensor.device)]
-        values = tensor.to("cpu", torch.float32).contiguous().numpy().tobytes()
-        sha.update(f"{name}|{base[name].dtype}|{tuple(base[name].shape)}|".encode())
+        values = tensor.to("cpu", torch.bfloat16).float().contiguous().numpy().tobytes()
+        sha.update(f"{name}|{tuple(base[name].shape)}|".encode())
         sha.update(values)
     return sha.hexdigest()
 
