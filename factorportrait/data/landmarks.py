@@ -34,13 +34,19 @@ def _avatar_and_vertices(betas: bytes) -> tuple[Any, Tensor]:
     """The avatar of float64 ``betas`` (raw bytes, hashable) and its landmark vertices."""
     from factorportrait.body import HeadAvatar
     from factorportrait.data.synthetic.identity import identity_from_vector
-    from factorportrait.tracking.canonical import canonical_face
 
     avatar = HeadAvatar(identity_from_vector(torch.from_numpy(
         np.frombuffer(betas, dtype=np.float64).copy())))
-    canonical = canonical_face().to(avatar.neutral_vertices)  # (478, 3) metres, head frame
-    vertices = torch.cdist(canonical, avatar.neutral_vertices).argmin(1)  # (478,)
-    return avatar, vertices
+    return avatar, nearest_landmark_vertices(avatar)
+
+
+def nearest_landmark_vertices(avatar: Any) -> Tensor:
+    """Indices ``(478,)``: the avatar's neutral vertex nearest to each canonical-face point
+    (metres, head frame) — the vertices standing for MediaPipe's landmarks."""
+    from factorportrait.tracking.canonical import canonical_face
+
+    neutral = avatar.neutral_vertices
+    return torch.cdist(canonical_face().to(neutral), neutral).argmin(1)
 
 
 def landmark_vertices(betas: Tensor) -> Tensor:

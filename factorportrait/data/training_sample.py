@@ -38,8 +38,7 @@ from torch.utils.data import Dataset
 
 from factorportrait.data.landmarks import sample_landmarks
 from factorportrait.data.latent_cache import encode_images, encode_video
-from factorportrait.geometry.cameras import Cameras
-from factorportrait.geometry.head_pose import head_pose_matrices
+from factorportrait.geometry.head_pose import source_and_driving_poses
 from factorportrait.geometry.rays import PIXEL_MULTIPLE, dit_rays
 
 EXPRESSION_DIM = 128  # the expression controller's input width (FactorPortrait §4.2)
@@ -97,13 +96,11 @@ def _latent(sample: Mapping[str, Any], latent_key: str, pixel_key: str,
 def sample_head_pose(sample: Mapping[str, Any]) -> Tensor:
     """``(1 + F, 3, 4)`` float32 head poses ``P``: the reference frame's seen by
     ``reference_camera``, then the ``F`` driving frames' seen by ``cameras``."""
-    rotation = torch.cat([sample["reference_head_rotation"].reshape(1, 3).float(),
-                          sample["head_rotation"].float()])  # (1 + F, 3)
-    translation = torch.cat([sample["reference_head_translation"].reshape(1, 3).float(),
-                             sample["head_translation"].float()])  # (1 + F, 3)
-    cameras = Cameras.cat([sample["reference_camera"], sample["cameras"]])  # 1 + F
     try:
-        return head_pose_matrices(rotation, translation, cameras)
+        return source_and_driving_poses(
+            sample["reference_head_rotation"], sample["reference_head_translation"],
+            sample["reference_camera"], sample["head_rotation"], sample["head_translation"],
+            sample["cameras"])
     except ValueError as err:
         raise ValueError(f"clip {sample['clip_id']!r}: {err}") from err
 

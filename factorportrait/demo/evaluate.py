@@ -46,8 +46,7 @@ from factorportrait.evaluation.controls import (
     silhouette_iou,
 )
 from factorportrait.evaluation.metrics import psnr, ssim
-from factorportrait.geometry.cameras import Cameras
-from factorportrait.geometry.head_pose import head_pose_matrices
+from factorportrait.geometry.head_pose import source_and_driving_poses
 from factorportrait.geometry.rays import dit_rays
 from factorportrait.models.conditions import PortraitConditions
 
@@ -86,9 +85,10 @@ def clip_conditions(pipeline, clip: HeldoutClip, reference: int, *, freeze_pose:
     rays = dit_rays(clip.cameras[[reference]], cameras, size, size)
     track = clip.track
     poses = [reference] * frames if freeze_pose else list(range(frames))
-    head_pose = head_pose_matrices(  # DeX head poses: the reference's, then each frame's
-        track.head_rotation[[reference, *poses]], track.head_translation[[reference, *poses]],
-        Cameras.cat([clip.cameras[[reference]], cameras]))
+    head_pose = source_and_driving_poses(  # DeX head poses: the reference's, then each frame's
+        track.head_rotation[reference], track.head_translation[reference],
+        clip.cameras[[reference]], track.head_rotation[poses], track.head_translation[poses],
+        cameras)
     landmarks = None if track.landmarks is None else track.landmarks[None]
     return PortraitConditions(reference_latent=reference_latent, normal_latents=normal_latents,
                               rays=rays[None], expression=codes[None], head_pose=head_pose[None],

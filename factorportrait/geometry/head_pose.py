@@ -68,6 +68,18 @@ def head_pose_matrices(head_rotation: Tensor, head_translation: Tensor, cameras:
     return torch.cat([scale[:, None, None] * rotation, translation[:, :, None]], dim=2).float()
 
 
+def source_and_driving_poses(source_rotation: Tensor, source_translation: Tensor,
+                             source_camera: Cameras, rotation: Tensor, translation: Tensor,
+                             cameras: Cameras) -> Tensor:
+    """``head_pose (1 + F, 3, 4)`` as the DiT takes it: the source's ``(1, 3)`` pose seen by
+    its 1 camera, then ``F`` driving poses ``(F, 3)`` seen by their cameras
+    (:func:`head_pose_matrices` of both, concatenated)."""
+    return head_pose_matrices(torch.cat([source_rotation.reshape(1, 3).float(), rotation.float()]),
+                              torch.cat([source_translation.reshape(1, 3).float(),
+                                         translation.float()]),
+                              Cameras.cat([source_camera, cameras]))
+
+
 def to_homogeneous(P: Tensor) -> Tensor:
     """``(..., 3, 4)`` -> ``(..., 4, 4)`` with the last row ``[0, 0, 0, 1]``."""
     bottom = torch.zeros(*P.shape[:-2], 1, 4, dtype=P.dtype, device=P.device)

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from factorportrait.geometry.cameras import Cameras
-from factorportrait.geometry.head_pose import head_pose_matrices, normalised_landmarks
+from factorportrait.geometry.head_pose import (normalised_landmarks,
+                                               source_and_driving_poses)
 from factorportrait.geometry.rays import dit_rays
 from factorportrait.geometry.trajectories import static
 from factorportrait.inference.control_track import ControlTrack
@@ -237,12 +238,10 @@ def mesh_landmarks(plan: ControlPlan, mesh_source: MeshSource | None) -> Tensor 
     avatar = getattr(mesh_source, "avatar", None)
     if avatar is None or plan.mesh_pose is None:
         return None
-    from factorportrait.tracking.canonical import canonical_face
+    from factorportrait.data.landmarks import nearest_landmark_vertices
 
-    neutral = avatar.neutral_vertices
-    indices = torch.cdist(canonical_face().to(neutral), neutral).argmin(1)  # (478,)
     vertices = mesh_source.vertices(plan.mesh_pose)  # (F, V, 3) world
-    return normalised_landmarks(vertices[:, indices], plan.cameras)
+    return normalised_landmarks(vertices[:, nearest_landmark_vertices(avatar)], plan.cameras)
 
 
 def plan_rays(plan: ControlPlan, height: int, width: int) -> Tensor:
@@ -264,11 +263,10 @@ def plan_head_pose(plan: ControlPlan) -> Tensor | None:
         value = getattr(track, name)
         return torch.zeros(track.num_frames, 3) if value is None else value.float()
 
-    rotation = torch.cat([field(reference, "head_rotation"), field(pose, "head_rotation")])
-    translation = torch.cat([field(reference, "head_translation"),
-                             field(pose, "head_translation")])
-    cameras = Cameras.cat([plan.reference_camera, plan.cameras])
-    return head_pose_matrices(rotation, translation, cameras)
+    return source_and_driving_poses(
+        field(reference, "head_rotation"), field(reference, "head_translation"),
+        plan.reference_camera, field(pose, "head_rotation"), field(pose, "head_translation"),
+        plan.cameras)
 
 
 def assemble_conditions(plan: ControlPlan, reference_latent: Tensor,

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from factorportrait.config import DiTConfig
-from factorportrait.geometry.head_pose import relative_pose, to_homogeneous
+from factorportrait.geometry.head_pose import (latent_frame_poses, relative_pose,
+                                               to_homogeneous)
 from factorportrait.models import backbone
 from factorportrait.models.expression import ZeroLinear, frame_position_encoding
 
@@ -72,7 +73,6 @@ class ReferenceWarp(nn.Module):
     def frame_transforms(head_pose: torch.Tensor) -> torch.Tensor:
         """``head_pose (B, 1+T, 3, 4)`` -> ``P_d P_s⁻¹`` per generated latent frame
         ``(B, F_lat, 3, 4)`` (:func:`~factorportrait.geometry.head_pose.latent_frame_poses`)."""
-        from factorportrait.geometry.head_pose import latent_frame_poses
         with torch.autocast(head_pose.device.type, enabled=False):
             poses = latent_frame_poses(head_pose.float())
             return relative_pose(poses[:, :1], poses[:, 1:])
