@@ -1,5 +1,6 @@
 # Two commands: `make demo` (the main job) and `make test` (the test suite).
 # `make demo-train` retrains the demo model that `make demo` renders (checkpoints/demo/).
+# `make app` serves the web app on http://127.0.0.1:7860 (APP_ARGS="--host 0.0.0.0" exposes it).
 # Each creates/updates the local virtual environment in .venv first.
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ export OMP_NUM_THREADS ?= 2
 export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo demo-train test test-fast benchmark clean
+.PHONY: setup demo demo-train app test test-fast benchmark clean
 
 setup: $(STAMP)
 
@@ -26,6 +27,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q --no-build-isolation deepspeed
 	$(PY) -m pip install -q -e '.[test]'
+	# the headless Chromium of the app's browser tests (apt-get; nothing when installed)
+	bash tools/setup_browser.sh
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -33,6 +36,9 @@ demo: $(STAMP)
 
 demo-train: $(STAMP)
 	$(PY) tools/demo.py train
+
+app: $(STAMP)
+	$(VENV)/bin/factorportrait-app $(APP_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

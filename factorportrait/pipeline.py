@@ -1,6 +1,7 @@
 """FactorPortraitPipeline: one portrait image + controls -> a video (FactorPortrait §4, Fig. 2).
 
-Numbered steps of :meth:`FactorPortraitPipeline.__call__` (docs/pipeline.md):
+Numbered steps of :meth:`FactorPortraitPipeline.render` (docs/pipeline.md; ``__call__``
+returns its frames):
 
     1. check inputs          everything cheap, before any heavy work (inference/inputs.py)
     2. faces                 the reference's portrait crop, pose and fitted avatar; a driving
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
@@ -44,6 +46,18 @@ DEFAULT_GUIDANCE = Guidance("progressive_hybrid", 2.5)  # DeX-Portrait Eq. 5, ω
 DEFAULT_STEPS = 35  # DeX-Portrait's step count; its 5/5/25 split scales to any count
 WINDOW_FRAMES = 81  # the longest training clips (curriculum stage 4)
 WINDOW_OVERLAP = 16  # video frames shared by consecutive windows (4 latent frames)
+
+
+@dataclass(frozen=True, eq=False)
+class RenderResult:
+    """What :meth:`FactorPortraitPipeline.render` made: ``frames`` (``uint8 (F, H, W, 3)``,
+    pasted back when asked), the checked ``request`` (after step 2: the portrait crop, the
+    fitted mesh source) and the ``plan`` of per-frame controls (its :func:`~factorportrait.
+    inference.controls.plan_track` is a reusable control track)."""
+
+    frames: Tensor
+    request: RenderRequest
+    plan: ControlPlan
 
 
 def check_windows(window_frames: int, window_overlap: int, vae_tile: Optional[int]) -> None:
@@ -181,7 +195,12 @@ class FactorPortraitPipeline:
 
     # ------------------------------------------------------------------ call
 
-    def __call__(self, reference_image: Any, *, mode: str = "driving",
+    def __call__(self, reference_image: Any, **inputs: Any) -> Tensor:
+        """Render a video; returns ``uint8 (F, H, W, 3)`` frames (and writes ``output_path``).
+        The keyword inputs are :meth:`render`'s."""
+        return self.render(reference_image, **inputs).frames
+
+    def render(self, reference_image: Any, *, mode: str = "driving",
                  camera_trajectory: Any = None, driving_video: Any = None,
                  control_track: Any = None, expression_codes: Optional[Tensor] = None,
                  pose_source: Any = None, expression_source: Any = None,
@@ -192,8 +211,9 @@ class FactorPortraitPipeline:
                  seed: int = 0, shift: float = DEFAULT_SHIFT, batch_cfg: bool = True,
                  output_path: Optional[str | os.PathLike] = None, fps: Optional[float] = None,
                  reference_crop: str = "auto", paste_back: bool = False,
-                 progress: bool = True) -> Tensor:
-        """Render a video; returns ``uint8 (F, H, W, 3)`` frames (and writes ``output_path``).
+                 progress: bool = True) -> RenderResult:
+        """Render a video -> :class:`RenderResult`: ``uint8 (F, H, W, 3)`` frames (also written
+        to ``output_path``), the checked request and the per-frame control plan.
 
         Inputs (docs/pipeline.md): ``reference_image`` (path, ``uint8 (H,W,3)`` or float
         ``(3,H,W)`` in [-1,1]); ``mode`` (:data:`~factorportrait.inference.CONTROL_MODES`);
@@ -244,7 +264,7 @@ class FactorPortraitPipeline:
             frames = self.paste_back(request, frames)
         if request.output_path is not None:
             write_video(request.output_path, frames, fps=request.fps)
-        return frames
+        return RenderResult(frames, request, plan)
 
     # ------------------------------------------------------------------ 1. check inputs
 

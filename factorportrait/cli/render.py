@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     if ranks > 1 and device.startswith("cuda"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     request = check_render_inputs(args.reference, output_path=args.out,
-                                  **_with_trained_defaults(inputs, args.checkpoint))
+                                  **with_trained_defaults(inputs, args.checkpoint))
     _check_memory(request, args, device)
     pipe = FactorPortraitPipeline.from_pretrained(
         args.checkpoint, vae_path=args.vae, preset=args.preset, device=device,
@@ -325,7 +325,7 @@ def _check_memory(request: Any, args: argparse.Namespace, device: str) -> None:
                         read_config(args.checkpoint).dim, device, args.vae_tile)
 
 
-def _with_trained_defaults(inputs: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+def with_trained_defaults(inputs: dict[str, Any], checkpoint: str) -> dict[str, Any]:
     """``inputs`` with the checkpoint's training size and length as defaults (read from its
     ``config.json`` alone), as the pipeline will apply them."""
     from factorportrait.models.weights import read_config, read_trained

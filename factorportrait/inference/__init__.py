@@ -15,7 +15,7 @@ from factorportrait.inference.control_track import (ControlTrack, load_control_t
 from factorportrait.inference.controls import (CONTROL_MODES, MODE_FACTORS, ControlPlan,
                                                ModeFactors, assemble_conditions,
                                                default_reference_camera, plan_controls,
-                                               render_plan_normals)
+                                               plan_track, render_plan_normals)
 from factorportrait.inference.encoders import ExpressionEncoder, encode_expressions
 from factorportrait.inference.long_video import (LatentWindow, plan_windows, sample_windows,
                                                  window_conditions)
@@ -26,6 +26,6 @@ __all__ = [
     "AvatarMeshSource", "CONTROL_MODES", "ControlPlan", "ControlTrack", "ExpressionEncoder",
     "LatentWindow", "MODE_FACTORS", "MeshSource", "ModeFactors", "SMPLXMeshSource",
     "assemble_conditions", "default_reference_camera", "encode_expressions",
-    "load_control_track", "plan_controls", "plan_windows", "render_normal_maps",
+    "load_control_track", "plan_controls", "plan_track", "plan_windows", "render_normal_maps",
     "render_plan_normals", "sample_windows", "save_control_track", "window_conditions",
 ]

@@ -211,6 +211,20 @@ def plan_controls(mode: str, num_frames: int, reference: ControlTrack, *,
         reference_pose=reference, landmarks=expression_track.landmarks)
 
 
+def plan_track(plan: ControlPlan, fps: float = 25.0, source: str = "") -> ControlTrack:
+    """The per-frame controls of ``plan`` as one control track (world ``"scene"``, the
+    reference's): the frames' cameras, expression codes, landmarks and the mesh pose with its
+    mesh expression. Saved with :func:`~factorportrait.inference.control_track.
+    save_control_track`, it drives the same pose and expression again (``--control-track``)."""
+    pose = plan.mesh_pose
+    fields = {} if pose is None else dict(
+        head_rotation=pose.head_rotation, head_translation=pose.head_translation,
+        body_pose=pose.body_pose, expression=pose.expression,
+        expression_names=pose.expression_names)
+    return ControlTrack(fps=fps, expression_codes=plan.expression_codes, cameras=plan.cameras,
+                        landmarks=plan.landmarks, source=source, **fields)
+
+
 def _check_lengths(num_frames: int, **sources: ControlTrack | Tensor | None) -> None:
     for name, source in sources.items():
         if source is not None and len(source) != num_frames:
