@@ -114,3 +114,19 @@ def test_the_app_command_refuses_bad_arguments_in_one_line(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err.strip().splitlines()[-1]
     assert app_main(["--checkpoint", str(DEMO), "--port", "0"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err
+
+
+def test_sampling_and_paste_back_are_refused_before_any_work(tmp_path):
+    fresh = Renderer(DEMO, tmp_path / "outputs")
+    cases = [(dict(steps=0), "^steps must be a whole number >= 1, got 0"),
+             (dict(seed=2**63), r"^seed must be an integer in \[0, 2\^63\)"),
+             (dict(guidance="cfg", guidance_scale=-1.0), "^guidance: guidance scale must be"),
+             (dict(paste_back=True), "^paste_back: the demo identity has no full photo")]
+    for changes, message in cases:
+        form = RenderForm(demo_identity=True, mode="camera_only", frames=5, steps=1)
+        with pytest.raises(ValueError, match=message):
+            fresh.render(RenderForm(**{**form.__dict__, **changes}))
+    assert fresh._pipeline is None  # no weights were read
+    with pytest.raises(ValueError, match="num_frames must be 4k"):
+        fresh.render(RenderForm(demo_identity=True, mode="camera_only", frames=6, steps=1))
+    assert list((tmp_path / "outputs").iterdir()) == []  # a failed render leaves no folder

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -276,6 +277,7 @@ class Renderer:
 
     def inputs(self, form: RenderForm) -> tuple[Any, dict[str, Any]]:
         """``form`` -> the reference image and the pipeline's keyword inputs."""
+        check_sampling(form)
         inputs = dict(mode=form.mode, camera_trajectory=trajectory_input(form),
                       driving_video=form.driving_video or None,
                       control_track=form.control_track or None,
@@ -283,6 +285,9 @@ class Renderer:
                       expression_source=form.expression_track or None,
                       num_frames=form.frames or None)
         if form.demo_identity:
+            if form.paste_back:
+                raise ValueError("paste_back: the demo identity has no full photo to paste "
+                                 "into (upload a photo, or render without paste-back)")
             identity = self.demo_identity()
             return identity.image, {**inputs, "reference": identity.reference}
         if not form.portrait:
@@ -312,8 +317,8 @@ class Renderer:
         from factorportrait.inference.controls import plan_track, render_plan_normals
         from factorportrait.inference.preview import contact_sheet
 
-        guidance = Guidance(form.guidance, form.guidance_scale)
         reference, inputs = self.inputs(form)
+        guidance = Guidance(form.guidance, form.guidance_scale)
         with self._lock:
             start = time.perf_counter()
             try:
@@ -321,10 +326,14 @@ class Renderer:
                 pipe.mesh_source = self.demo_identity().mesh_source if form.demo_identity \
                     else None
                 folder = self._new_folder()
-                result = pipe.render(reference, **inputs, num_steps=form.steps,
-                                     guidance=guidance, seed=form.seed,
-                                     output_path=folder / "render.mp4",
-                                     paste_back=form.paste_back, progress=progress)
+                try:
+                    result = pipe.render(reference, **inputs, num_steps=form.steps,
+                                         guidance=guidance, seed=form.seed,
+                                         output_path=folder / "render.mp4",
+                                         paste_back=form.paste_back, progress=progress)
+                except BaseException:
+                    shutil.rmtree(folder, ignore_errors=True)  # nothing was written
+                    raise
                 request, plan = result.request, result.plan
                 save_control_track(plan_track(plan, request.fps, "factorportrait-app"),
                                    folder / "controls.safetensors")
@@ -346,6 +355,20 @@ class Renderer:
         folder = self.output_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._count:03d}"
         folder.mkdir(parents=True, exist_ok=False)
         return folder
+
+
+def check_sampling(form: RenderForm) -> None:
+    """Steps, seed and guidance, checked before anything is tracked or loaded (the CLI's
+    messages)."""
+    if isinstance(form.steps, bool) or not isinstance(form.steps, int) or form.steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {form.steps!r}")
+    if isinstance(form.seed, bool) or not isinstance(form.seed, int) or \
+            not 0 <= form.seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2^63), got {form.seed!r}")
+    try:
+        Guidance(form.guidance, form.guidance_scale)
+    except ValueError as err:
+        raise ValueError(f"guidance: {err}") from None
 
 
 def _render_defaults(checkpoint: Path) -> dict[str, Any]:

@@ -35,10 +35,11 @@ DISPLAY = 256  # pixels: the reference is shown at least this large (nearest-nei
 
 def error_line(err: BaseException) -> str:
     """The status line of a failed request: the CLI's one-line message for input errors."""
+    first = (str(err).strip().splitlines() or [""])[0]
     if isinstance(err, (FileNotFoundError, ValueError)):
-        return f"**error:** {err}"
+        return f"**error:** {first}"
     LOG.exception("request failed")
-    return f"**internal error** ({type(err).__name__}): {err} (details in the server's log)"
+    return f"**internal error** ({type(err).__name__}): {first} (details in the server's log)"
 
 
 def _enlarged(image: np.ndarray) -> np.ndarray:
@@ -118,6 +119,7 @@ def build_app(renderer: Renderer):
                                     interactive=False, elem_id="downloads")
         sheet = gr.Image(label="conditions", interactive=False, elem_id="conditions")
 
+        ready = gr.State(False)  # the conditions step passed: the render step may run
         form_inputs = [portrait, demo, driving_video, control_track, expression_track,
                        pose_track, mode, trajectory, *sliders.values(), easing, extra,
                        camera_file, frames, steps, guidance, scale, seed, paste_back]
@@ -125,7 +127,9 @@ def build_app(renderer: Renderer):
 
         def form(*values: Any) -> RenderForm:
             (portrait_, demo_, video_, track_, expression_, pose_, mode_, preset, *rest) = values
-            params = dict(zip(SLIDERS, rest[:len(SLIDERS)]))
+            shown = _preset_values(preset)  # hidden sliders keep stale values: not sent
+            params = {key: value for key, value in zip(SLIDERS, rest[:len(SLIDERS)])
+                      if key in shown}
             easing_, extra_, camera_, frames_, steps_, guidance_, scale_, seed_, paste_ = \
                 rest[len(SLIDERS):]
             return RenderForm(
@@ -139,7 +143,9 @@ def build_app(renderer: Renderer):
                 seed=_integer(seed_, "seed", allow_zero=True) or 0, paste_back=bool(paste_))
 
         def camera_form(preset, *values):
-            params = dict(zip(SLIDERS, values[:len(SLIDERS)]))
+            shown = _preset_values(preset)
+            params = {key: value for key, value in zip(SLIDERS, values[:len(SLIDERS)])
+                      if key in shown}
             easing_, extra_, camera_, frames_ = values[len(SLIDERS):]
             return RenderForm(mode="camera_only", trajectory=preset,
                               params={**params, "easing": easing_}, extra=extra_ or "",
@@ -192,22 +198,29 @@ def build_app(renderer: Renderer):
             except Exception as err:  # noqa: BLE001
                 return None, error_line(err)
 
-        def render(*values, progress=gr.Progress(track_tqdm=True)):
+        def conditions(*values):
+            """Render, first half: the conditions preview (no weights) -> (status, sheet,
+            whether to go on)."""
             try:
-                request = form(*values)
-                progress(0, desc="conditions")
-                conditions = renderer.preview(request)
+                return ("conditions ready; rendering…", renderer.preview(form(*values)),
+                        True)
             except Exception as err:  # noqa: BLE001
-                yield error_line(err), None, None, None
-                return
-            yield "conditions ready; rendering…", conditions, None, None
+                return error_line(err), None, False
+
+        def render(data, progress=gr.Progress(track_tqdm=True)):
+            """Render, second half (after :func:`conditions` passed): the video and the
+            downloads, with the sampler's tqdm bar on the page. ``data`` maps each input
+            component to its value (Gradio finds ``progress`` among positional parameters
+            only, so the inputs cannot be ``*values``)."""
+            if not data[ready]:
+                return gr.update(), None, None
             try:
-                result = renderer.render(request)
+                result = renderer.render(form(*(data[component] for component in
+                                                form_inputs)))
             except Exception as err:  # noqa: BLE001
-                yield error_line(err), conditions, None, None
-                return
-            yield (result.message, conditions, str(result.video),
-                   [str(result.video), str(result.track), str(result.sheet)])
+                return error_line(err), None, None
+            return (result.message, str(result.video),
+                    [str(result.video), str(result.track), str(result.sheet)])
 
         portrait.upload(show_portrait, portrait, [shown, demo, status])
         portrait.clear(lambda: (None, False, ""), None, [shown, demo, status])
@@ -223,8 +236,10 @@ def build_app(renderer: Renderer):
         app.load(draw, camera_inputs, [plot, status])
         preview_button.click(preview, form_inputs, [sheet, status], concurrency_id="model",
                              concurrency_limit=1)
-        render_button.click(render, form_inputs, [status, sheet, video, downloads],
-                            concurrency_id="model", concurrency_limit=1)
+        render_button.click(conditions, form_inputs, [status, sheet, ready],
+                            concurrency_id="model", concurrency_limit=1).then(
+            render, {ready, *form_inputs}, [status, video, downloads],
+            concurrency_id="model", concurrency_limit=1)
     return app
 
 
