@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from selenium.common.exceptions import TimeoutException
 
 from factorportrait.app.browser import (BrowserError, free_port, open_page, start_browser,
                                         type_into, wait_for)
@@ -92,7 +93,12 @@ def test_a_text_file_as_the_portrait_is_one_line_in_the_page(server, browser, tm
     assert error.startswith("error: image ") and "notes.txt is unreadable (truncated or " \
         "not an image?)" in error and "\n" not in error.strip()
     find("#render-button").click()
-    wait_for(browser, "#status", lambda element: "rendering" not in element.text and
-          "notes.txt is unreadable" in element.text, 60)
+    try:
+        wait_for(browser, "#status", lambda element: "rendering" not in element.text and
+                 "notes.txt is unreadable" in element.text, 60)
+    except TimeoutException:
+        browser.save_screenshot(str(tmp_path / "after_render.png"))
+        raise AssertionError(f"after render the status reads {find('#status').text!r} "
+                             f"(page: {tmp_path / 'after_render.png'})") from None
     assert "Traceback" not in browser.page_source
     assert not browser.find_elements("css selector", "#result video[src]")
