@@ -1,0 +1,342 @@
+"""Training DeX-Portrait's motion trainer (§3.2) on synthetic avatars (recipe:
+``recipes/motion.yaml``; entry point ``tools/train_motion.py``).
+
+One step ``n``: render batch ``n`` (:func:`~factorportrait.motion.data.render_motion_batch`,
+seeded by ``(seed, n)`` alone) -> pose and expression inputs
+(:func:`~factorportrait.motion.step.motion_inputs`) -> one generator and one discriminator
+AdamW step (:func:`~factorportrait.motion.step.train_step`).
+
+Resumable exactly: every ``save_every`` steps (and when the run stops) a checkpoint
+``<output_dir>/checkpoints/step-XXXXXXXX/`` is written atomically
+(:mod:`factorportrait.training.checkpoint`): ``models`` (generator + discriminator),
+``optimizers`` (both AdamW states), ``rng-rank00000`` and ``trainer_state.json`` (step, loss
+history, config). A run restarted with the same settings continues from the latest one and —
+at the same thread count — produces the loss curve of an uninterrupted run bit for bit.
+At the end the generator is written with :meth:`MotionTrainer.save_pretrained` to
+``weights_dir`` and ``training.json`` (config, steps, history) to ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from factorportrait.expression.augment import AugmentConfig
+from factorportrait.expression.sets import identity_seeds
+from factorportrait.io.atomic import atomic_write_bytes
+from factorportrait.motion.config import MotionTrainerConfig
+from factorportrait.motion.data import (
+    LandmarkPool,
+    MotionSampling,
+    render_motion_batch,
+    step_generator,
+)
+from factorportrait.motion.discriminator import PatchDiscriminator
+from factorportrait.motion.evaluate import evaluate_motion
+from factorportrait.motion.model import MotionTrainer
+from factorportrait.motion.step import InputSettings, LossWeights, motion_inputs, train_step
+from factorportrait.training.checkpoint import (
+    capture_rng,
+    commit,
+    latest_checkpoint,
+    load_tree,
+    prepare_staging,
+    rank_stem,
+    read_trainer_state,
+    restore_rng,
+    save_tree,
+)
+
+# Settings a resumed run may change; any other difference from the checkpoint is refused.
+RESUMABLE_CHANGES = ("steps", "time_limit_minutes", "threads", "log_every", "save_every",
+                     "keep_last", "output_dir", "weights_dir", "eval_batches")
+
+
+@dataclass(frozen=True)
+class MotionTrainConfig:
+    """Settings of one run (the keys of ``recipes/motion.yaml``).
+
+    ``preset`` names a :class:`MotionTrainerConfig` preset and ``model`` overrides its
+    top-level fields. Training avatars: ``identity_seeds(identities, "train", identity_seed)``
+    (the ``"heldout"`` split of the same seed is for evaluation). Both learning rates warm up
+    linearly over ``warmup_steps``, then stay constant; the GAN terms start at
+    ``adversarial_start``.
+    At the end, ``eval_batches`` batches of held-out identities are scored
+    (:func:`~factorportrait.motion.evaluate.evaluate_motion`; 0 = skip).
+    """
+
+    preset: str = "small"
+    model: Mapping[str, Any] = field(default_factory=dict)
+    steps: int = 2000
+    time_limit_minutes: float | None = None
+    batch_size: int = 8
+    lr_generator: float = 2e-4
+    lr_discriminator: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float | None = 1.0
+    adversarial_start: int = 0
+    identities: int = 64
+    identity_seed: int = 0
+    seed: int = 0
+    threads: int | None = None
+    cross_view_probability: float = 0.5
+    mask_expand: float = 1.5
+    face_scale: float = 1.2
+    vgg_weights: str | None = None
+    eval_batches: int = 4
+    log_every: int = 25
+    save_every: int = 250
+    keep_last: int = 2
+    output_dir: str | None = "outputs/motion"
+    weights_dir: str | None = None
+    loss: LossWeights = field(default_factory=LossWeights)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sampling: MotionSampling = field(default_factory=MotionSampling)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", dict(self.model or {}))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        for name in ("steps", "batch_size", "identities", "log_every", "save_every",
+                     "keep_last"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"motion training: {name} must be a positive integer, got "
+                                 f"{value!r}")
+        if isinstance(self.eval_batches, bool) or not isinstance(self.eval_batches, int) or \
+                self.eval_batches < 0:
+            raise ValueError(f"motion training: eval_batches must be an integer >= 0, got "
+                             f"{self.eval_batches!r}")
+        for name in ("lr_generator", "lr_discriminator"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"motion training: {name} must be > 0, got "
+                                 f"{getattr(self, name)}")
+        if len(self.betas) != 2:
+            raise ValueError(f"motion training: betas must be two numbers, got {self.betas}")
+        valid = {f.name for f in dataclasses.fields(MotionTrainerConfig)} - {"expression"}
+        if bad := sorted(set(self.model) - valid):
+            raise ValueError(f"motion training: unknown keys {[f'model.{key}' for key in bad]}; "
+                             f"valid: {sorted(valid)}")
+        self.model_config()  # bad sizes fail here
+        self.input_settings()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> MotionTrainConfig:
+        """Build from a (recipe) mapping; unknown keys raise ``ValueError`` naming them."""
+        nested = {"loss": LossWeights, "augment": AugmentConfig, "sampling": MotionSampling}
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(values) - known):
+            raise ValueError(f"motion training: unknown keys {unknown}; valid: {sorted(known)}")
+        kwargs = dict(values)
+        for name, kind in nested.items():
+            if name in kwargs and not isinstance(kwargs[name], kind):
+                sub = dict(kwargs[name] or {})
+                valid = {f.name for f in dataclasses.fields(kind)}
+                if bad := sorted(set(sub) - valid):
+                    raise ValueError(f"motion training: unknown keys "
+                                     f"{[f'{name}.{key}' for key in bad]}; valid: {sorted(valid)}")
+                kwargs[name] = kind(**sub)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists
+
+    def model_config(self) -> MotionTrainerConfig:
+        overrides = {k: tuple(v) if isinstance(v, (list, tuple)) else v
+                     for k, v in self.model.items()}
+        return MotionTrainerConfig.preset(self.preset, **overrides)
+
+    def input_settings(self) -> InputSettings:
+        return InputSettings(self.cross_view_probability, self.mask_expand, self.face_scale,
+                             self.augment)
+
+    def checkpoint_root(self) -> Path | None:
+        return None if self.output_dir is None else Path(self.output_dir) / "checkpoints"
+
+    def final_weights_dir(self) -> Path | None:
+        if self.weights_dir is not None:
+            return Path(self.weights_dir)
+        return None if self.output_dir is None else Path(self.output_dir) / "model"
+
+
+def config_from_recipe(path: str | Path, overrides: Sequence[str] = ()) -> MotionTrainConfig:
+    """A :class:`MotionTrainConfig` from a YAML recipe plus ``key=value`` overrides (dotted
+    keys for nested sections, e.g. ``loss.adversarial=0.05``), merged with OmegaConf."""
+    from omegaconf import OmegaConf
+
+    recipe = OmegaConf.load(path)
+    for override in overrides:
+        if "=" not in override:
+            raise ValueError(f"override {override!r}: expected key=value")
+    merged = OmegaConf.merge(recipe, OmegaConf.from_dotlist(list(overrides)))
+    values = OmegaConf.to_container(merged, resolve=True)
+    if not isinstance(values, dict):
+        raise TypeError(f"{path}: a recipe must be a mapping of settings")
+    return MotionTrainConfig.from_dict(values)
+
+
+@dataclass
+class MotionTrainResult:
+    """The trained generator and discriminator, per-step loss terms, steps done, seconds."""
+
+    model: MotionTrainer
+    discriminator: PatchDiscriminator
+    history: list[dict[str, float]]
+    steps: int
+    seconds: float
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds: the models, their optimisers, the step and the history."""
+
+    model: MotionTrainer
+    discriminator: PatchDiscriminator
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer]
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def learning_rate(base: float, step: int, warmup_steps: int) -> float:
+    """Linear warmup over ``warmup_steps`` to ``base``, then constant (a function of the step
+    alone, so a resumed run follows the same schedule)."""
+    return base * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else base
+
+
+def build_state(config: MotionTrainConfig) -> TrainingState:
+    """Fresh models (seeded by ``config.seed``) and their AdamW optimisers."""
+    torch.manual_seed(config.seed)
+    model_config = config.model_config()
+    model = MotionTrainer(model_config).train()
+    discriminator = PatchDiscriminator(model_config).train()
+    optimizers = tuple(torch.optim.AdamW(net.parameters(), lr=lr, betas=config.betas,
+                                         weight_decay=config.weight_decay)
+                       for net, lr in ((model, config.lr_generator),
+                                       (discriminator, config.lr_discriminator)))
+    return TrainingState(model, discriminator, optimizers)
+
+
+def save_checkpoint(root: Path, state: TrainingState, config: MotionTrainConfig) -> Path:
+    """Write checkpoint ``state.step`` under ``root`` atomically (module docstring)."""
+    staging = prepare_staging(root, state.step)
+    save_tree(staging / "models", {"generator": state.model.state_dict(),
+                                   "discriminator": state.discriminator.state_dict()})
+    save_tree(staging / "optimizers", {"generator": state.optimizers[0].state_dict(),
+                                       "discriminator": state.optimizers[1].state_dict()})
+    save_tree(rank_stem(staging, "rng", 0), capture_rng())
+    return commit(root, state.step, {"step": state.step, "history": state.history,
+                                     "config": config.to_dict()}, config.keep_last)
+
+
+def load_checkpoint(directory: Path, state: TrainingState, config: MotionTrainConfig) -> None:
+    """Restore ``state`` (in place) and the RNGs from a checkpoint written by
+    :func:`save_checkpoint`; ``ValueError`` if it was trained with other settings."""
+    trainer = read_trainer_state(directory)
+    saved, current = trainer["config"], config.to_dict()
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        raise ValueError(f"cannot resume from {directory}: it was trained with other settings "
+                         f"({', '.join(changed)}); use another output_dir or the same settings")
+    models = load_tree(directory / "models")
+    state.model.load_state_dict(models["generator"])
+    state.discriminator.load_state_dict(models["discriminator"])
+    optimizers = load_tree(directory / "optimizers")
+    state.optimizers[0].load_state_dict(optimizers["generator"])
+    state.optimizers[1].load_state_dict(optimizers["discriminator"])
+    restore_rng(load_tree(rank_stem(directory, "rng", 0)))
+    state.step, state.history = int(trainer["step"]), list(trainer["history"])
+
+
+def _log_line(step: int, parts: dict[str, float], elapsed: float) -> str:
+    shown = ("generator", "reconstruction", "pyramid", "adversarial", "feature_matching",
+             "perceptual", "pose", "discriminator")
+    return f"step {step:6d}  " + "  ".join(f"{k} {parts[k]:.4f}" for k in shown if k in parts) \
+        + f"  {elapsed:.0f} s"
+
+
+def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = print,
+                 resume: bool = True) -> MotionTrainResult:
+    """Train (or, with ``resume``, continue from ``output_dir``'s latest checkpoint) until
+    ``steps`` or ``time_limit_minutes``; see the module docstring."""
+    started = time.monotonic()
+    state = build_state(config)
+    root = config.checkpoint_root()
+    if resume and root is not None and (latest := latest_checkpoint(root)) is not None:
+        load_checkpoint(latest, state, config)
+        if log:
+            log(f"resumed from {latest} at step {state.step}")
+    perceptual = None
+    if config.vgg_weights is not None and config.loss.perceptual:
+        from factorportrait.motion.losses import load_vgg_perceptual
+
+        perceptual = load_vgg_perceptual(config.vgg_weights)
+    model_config = config.model_config()
+    pool = LandmarkPool(identity_seeds(config.identities, "train", config.identity_seed))
+    settings = config.input_settings()
+    limit = None if config.time_limit_minutes is None else 60 * config.time_limit_minutes
+    saved_at = state.step
+    while state.step < config.steps and (limit is None or time.monotonic() - started < limit):
+        # 1. Batch and inputs of this step (seeded by the step alone).
+        generator = step_generator(config.seed, state.step)
+        batch = render_motion_batch(pool, config.batch_size, model_config.image_size,
+                                    config.sampling, generator)
+        inputs = motion_inputs(batch, model_config.expression.crop_size, settings, generator)
+        # 2. Learning rates of this step, then the GAN step.
+        for optimizer, base in zip(state.optimizers, (config.lr_generator,
+                                                      config.lr_discriminator)):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(base, state.step, config.warmup_steps)
+        parts = train_step(state.model, state.discriminator, state.optimizers, inputs,
+                           config.loss, state.step >= config.adversarial_start,
+                           config.grad_clip, perceptual)
+        state.step += 1
+        state.history.append({"step": state.step, **parts})
+        if log and (state.step % config.log_every == 0 or state.step == 1):
+            log(_log_line(state.step, parts, time.monotonic() - started))
+        # 3. Checkpoint.
+        if root is not None and state.step % config.save_every == 0:
+            save_checkpoint(root, state, config)
+            saved_at = state.step
+    if root is not None and state.step != saved_at:
+        save_checkpoint(root, state, config)
+    seconds = time.monotonic() - started
+    heldout = None
+    if config.eval_batches:
+        heldout = evaluate_motion(state.model, batches=config.eval_batches,
+                                  batch_size=config.batch_size, sampling=config.sampling,
+                                  settings=settings, identity_seed=config.identity_seed,
+                                  seed=config.seed)
+        state.model.train()
+        if log:
+            log("held-out: " + "  ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
+    _export(state, config, seconds, heldout)
+    if log:
+        log(f"stopped at step {state.step} after {seconds:.0f} s"
+            + (f"; weights in {config.final_weights_dir()}" if config.final_weights_dir() else ""))
+    return MotionTrainResult(state.model.eval(), state.discriminator.eval(), state.history,
+                             state.step, seconds)
+
+
+def _export(state: TrainingState, config: MotionTrainConfig, seconds: float,
+            heldout: dict[str, float] | None = None) -> None:
+    """The generator's final weights (``save_pretrained``) and ``training.json``."""
+    weights = config.final_weights_dir()
+    if weights is not None:
+        state.model.save_pretrained(weights, trained={"steps": state.step, "heldout": heldout,
+                                                      "recipe": config.to_dict()})
+    if config.output_dir is not None:
+        summary = {"config": config.to_dict(), "steps": state.step,
+                   "seconds_this_run": round(seconds, 1), "heldout": heldout,
+                   "history": state.history}
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(config.output_dir) / "training.json",
+                           json.dumps(summary, indent=1).encode())

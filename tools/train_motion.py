@@ -1,0 +1,56 @@
+"""Train DeX-Portrait's motion trainer on synthetic avatars (factorportrait/motion/).
+
+    python tools/train_motion.py                                        the recipe as is
+    python tools/train_motion.py steps=300 time_limit_minutes=5 output_dir=outputs/motion_x
+    python tools/train_motion.py --recipe my.yaml preset=base batch_size=16
+    python tools/train_motion.py --print-config                         dry run
+
+Overrides are ``key=value`` (OmegaConf dotlist; nested: ``loss.adversarial=0.05``). Resumes
+from ``<output_dir>/checkpoints``' latest checkpoint when there is one. Writes the generator (``MotionTrainer.save_pretrained``) to
+``weights_dir`` and ``training.json`` to ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "motion.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    parser.add_argument("--recipe", default=str(RECIPE), help=f"YAML recipe (default {RECIPE})")
+    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    args = parser.parse_args(argv)
+
+    import torch
+    import yaml
+
+    from factorportrait.motion.train import config_from_recipe, train_motion
+
+    try:
+        config = config_from_recipe(args.recipe, args.overrides)
+    except (ValueError, TypeError, OSError, yaml.YAMLError) as error:
+        message = " ".join(str(error).split())
+        print(f"error: {args.recipe}: {message}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        train_motion(config, log=lambda line: print(line, flush=True))
+    except ValueError as error:  # e.g. a checkpoint trained with other settings
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
