@@ -6,8 +6,8 @@
     python tools/train_motion.py --print-config                         dry run
 
 Overrides are ``key=value`` (OmegaConf dotlist; nested: ``loss.adversarial=0.05``). Resumes
-from ``<output_dir>/checkpoints``' latest checkpoint when there is one. Writes the generator (``MotionTrainer.save_pretrained``) to
-``weights_dir`` and ``training.json`` to ``output_dir``.
+from ``<output_dir>/checkpoints``' latest checkpoint when there is one. Writes the generator
+(``MotionTrainer.save_pretrained``) to ``weights_dir`` and ``training.json`` to ``output_dir``.
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ class PoseEncoder(nn.Module):
             self.head.bias.copy_(torch.tensor([*IDENTITY_6D, 0.0, 0.0, 0.0]))
 
     def rts(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(B, 3, S, S)`` -> rotation ``(B, 3, 3)``, translation ``(B, 2)``, log-scale ``(B,)``."""
+        """``(B, 3, S, S)`` -> rotation ``(B, 3, 3)``, translation ``(B, 2)``, log-scale
+        ``(B,)``."""
         features = self.stages(self.stem(images)).mean(dim=(2, 3))  # (B, C)
         out = self.head(self.norm(features))  # (B, 9)
         return rotation_6d_to_matrix(out[:, :6]), out[:, 6:8], out[:, 8]
