@@ -156,7 +156,8 @@ def build_app(renderer: Renderer):
                 camera, frames_ = camera_form(*values)
                 count = _integer(frames_, "frames", allow_zero=True) or \
                     renderer.default_frames
-                return plot_cameras(camera, count, height, width), ""
+                # the status is left alone: a late plot must not wipe an error line
+                return plot_cameras(camera, count, height, width), gr.update()
             except Exception as err:  # noqa: BLE001 - every failure is a status line
                 return None, error_line(err)
 
