@@ -29,13 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    import yaml
 
     from factorportrait.motion.train import config_from_recipe, train_motion
 
     try:
         config = config_from_recipe(args.recipe, args.overrides)
-    except (ValueError, TypeError, OSError, yaml.YAMLError) as error:
+    except (ValueError, TypeError, OSError) as error:
         message = " ".join(str(error).split())
         print(f"error: {args.recipe}: {message}", file=sys.stderr)
         return 2

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from factorportrait.diffusion.guidance import Guidance
-from factorportrait.geometry.trajectories import TRAJECTORY_PRESETS, make_trajectory
+from factorportrait.geometry.trajectories import TRAJECTORY_PRESETS
 from factorportrait.inference.controls import CONTROL_MODES, MODE_FACTORS
-from factorportrait.inference.inputs import DEFAULT_FRAMES
+from factorportrait.inference.inputs import DEFAULT_FRAMES, preset_trajectory
 
 LOG = logging.getLogger(__name__)
 # The preset parameters the page has a control for; others go in the free ``extra`` field.
@@ -147,12 +147,8 @@ def plot_cameras(form: RenderForm, frames: int, height: int, width: int) -> np.n
             raise type(err)(f"camera file: {err}") from err
         title = f"{Path(form.camera_file).name}: {len(cameras)} cameras"
     else:
-        name, params = trajectory_input(replace(form, mode="camera_only"))
-        try:
-            cameras = make_trajectory(name, frames=frames, width=width, height=height,
-                                      **params)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"camera_trajectory: {err}") from err
+        cameras = preset_trajectory(trajectory_input(replace(form, mode="camera_only")),
+                                    frames, height, width)
         title = f"{form.trajectory}: {frames} frames"
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trajectory.png"
@@ -161,25 +157,35 @@ def plot_cameras(form: RenderForm, frames: int, height: int, width: int) -> np.n
             return np.asarray(image.convert("RGB"))
 
 
-def load_demo_identity(checkpoint: Path) -> DemoIdentity:
-    """The first held-out identity of the demo checkpoint's recipe (``demo.json``), as
-    ``make demo`` shows it: its phone clip's most frontal frame."""
+def _heldout_phone_clip(checkpoint: Path, position: int, what: str):
+    """The phone clip of the demo recipe's held-out identity at ``position`` (0: the
+    subject, -1: the driver), with the checkpoint's expression codes -> ``(recipe, synthetic
+    config, identity index, clip)``. ``what`` names the request in the error of a checkpoint
+    without ``demo.json``."""
     from omegaconf import OmegaConf
 
-    from factorportrait.data.synthetic import make_avatar
     from factorportrait.demo.heldout import heldout_identities, heldout_spec, render_heldout
     from factorportrait.demo.train import synthetic_config
-    from factorportrait.inference.mesh_sources import AvatarMeshSource
 
     record = checkpoint / "demo.json"
     if not record.is_file():
-        raise ValueError(f"checkpoint {checkpoint} has no demo.json: the demo identity comes "
-                         "with the demo checkpoint (checkpoints/demo, `make demo-train`)")
+        raise ValueError(f"checkpoint {checkpoint} has no demo.json: the {what} comes with "
+                         "the demo checkpoint (checkpoints/demo, `make demo-train`)")
     config = OmegaConf.create(json.loads(record.read_text())["recipe"])
     synth = synthetic_config(config)
-    subject = heldout_identities(synth)[0]
-    clip = render_heldout(synth, heldout_spec(synth, subject, "phone", 0), config.size,
+    identity = heldout_identities(synth)[position]
+    clip = render_heldout(synth, heldout_spec(synth, identity, "phone", 0), config.size,
                           _code_source(checkpoint))
+    return config, synth, identity, clip
+
+
+def load_demo_identity(checkpoint: Path) -> DemoIdentity:
+    """The first held-out identity of the demo checkpoint's recipe (``demo.json``), as
+    ``make demo`` shows it: its phone clip's most frontal frame."""
+    from factorportrait.data.synthetic import make_avatar
+    from factorportrait.inference.mesh_sources import AvatarMeshSource
+
+    _, synth, subject, clip = _heldout_phone_clip(checkpoint, 0, "demo identity")
     index = clip.frontal_frame()
     photo = clip.rgb[index]
     return DemoIdentity(photo.permute(2, 0, 1).float() / 127.5 - 1, photo.numpy(),
@@ -200,22 +206,11 @@ def _code_source(checkpoint: Path):
 def write_demo_driver(checkpoint: Path, path: Path) -> Path:
     """The other held-out identity's phone clip as a control track at ``path`` (the driver of
     ``make demo``)."""
-    from omegaconf import OmegaConf
-
-    from factorportrait.demo.heldout import heldout_identities, heldout_spec, render_heldout
-    from factorportrait.demo.train import synthetic_config
     from factorportrait.inference.control_track import save_control_track
 
-    record = checkpoint / "demo.json"
-    if not record.is_file():
-        raise ValueError(f"checkpoint {checkpoint} has no demo.json: the demo driver comes "
-                         "with the demo checkpoint (checkpoints/demo)")
-    config = OmegaConf.create(json.loads(record.read_text())["recipe"])
-    synth = synthetic_config(config)
-    clip = render_heldout(synth, heldout_spec(synth, heldout_identities(synth)[-1], "phone", 0),
-                          config.size, _code_source(checkpoint))
-    frames = config.render.frames
-    save_control_track(clip.track[:frames].replace(fps=float(config.render.fps)), path)
+    config, _, _, clip = _heldout_phone_clip(checkpoint, -1, "demo driver")
+    save_control_track(clip.track[:config.render.frames].replace(
+        fps=float(config.render.fps)), path)
     return path
 
 

@@ -194,7 +194,7 @@ def _file_trajectory(trajectory: TrajectoryInput, height: int, width: int) -> Ca
     return None
 
 
-def _preset_trajectory(trajectory: TrajectoryInput, frames: int, height: int,
+def preset_trajectory(trajectory: TrajectoryInput, frames: int, height: int,
                        width: int) -> Cameras:
     """``"orbit"``, ``("orbit", {"degrees": 90})`` or ``{"name": "orbit", ...}`` -> Cameras."""
     if isinstance(trajectory, str):
@@ -311,7 +311,7 @@ def check_render_inputs(reference_image: ImageInput, *, mode: str = "driving",
                                   else "expression_codes")
     frames = resolve_num_frames(num_frames, lengths, default_frames)
     if camera_trajectory is not None and trajectory is None:
-        trajectory = _preset_trajectory(camera_trajectory, frames, height, width)
+        trajectory = preset_trajectory(camera_trajectory, frames, height, width)
     if trajectory is not None and len(trajectory) not in (1, frames):
         raise ValueError(f"camera_trajectory has {len(trajectory)} cameras, expected "
                          f"{frames} (or 1)")

@@ -172,7 +172,13 @@ def config_from_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Motio
     keys for nested sections, e.g. ``loss.adversarial=0.05``), merged with OmegaConf."""
     from omegaconf import OmegaConf
 
-    recipe = OmegaConf.load(path)
+    try:
+        recipe = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - YAML syntax, unreadable file: one line
+        message = " ".join(str(err).split())
+        raise ValueError(message if str(path) in message else f"{path}: {message}") from err
     for override in overrides:
         if "=" not in override:
             raise ValueError(f"override {override!r}: expected key=value")
