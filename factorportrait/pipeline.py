@@ -85,7 +85,12 @@ class FactorPortraitPipeline:
         expression_encoder: frames ``(N,3,H,W)`` in [-1,1] -> codes ``(N,D)``; needed for a
             driving video without codes (:mod:`factorportrait.inference.encoders`). An
             :class:`~factorportrait.expression.EncoderCodeSource` (what ``from_pretrained``
-            loads) is given the tracked face boxes.
+            loads) is given the tracked face boxes, a source with ``needs_landmarks`` (the
+            motion trainer's :class:`~factorportrait.motion.sources.MotionExpressionSource`)
+            the tracked landmarks.
+        pose_encoder: ``(frames, landmarks) -> RTS (N, 3, 4)``, e.g. the motion trainer's
+            :class:`~factorportrait.motion.sources.MotionPoseSource`: a driving video's head
+            pose is read by it instead of the tracker's landmark fit (docs/motion.md).
         face_tracker: a :class:`~factorportrait.tracking.FaceTracker` (made on first use).
         trained_size: ``(height, width)`` the DiT was trained at: the default output size
             (``from_pretrained`` reads it from the checkpoint).
@@ -101,8 +106,10 @@ class FactorPortraitPipeline:
                  text_encoder: Optional[Any] = None, window_frames: int = WINDOW_FRAMES,
                  window_overlap: int = WINDOW_OVERLAP, vae_tile: Optional[int] = None,
                  normal_supersample: int = 1, face_tracker: Optional[Any] = None,
-                 trained_size: Optional[tuple[int, int]] = None) -> None:
+                 trained_size: Optional[tuple[int, int]] = None,
+                 pose_encoder: Optional[Any] = None) -> None:
         check_windows(window_frames, window_overlap, vae_tile)
+        self.pose_encoder = pose_encoder
         self.dit, self.vae = dit.eval(), vae.eval()
         self.mesh_source, self.expression_encoder = mesh_source, expression_encoder
         self.text_encoder = text_encoder
@@ -334,7 +341,8 @@ class FactorPortraitPipeline:
                 from factorportrait.tracking import FaceTracker
                 self.face_tracker = FaceTracker()
         return resolve_faces(request, self.face_tracker, self.expression_encoder,
-                             self.mesh_source, progress=progress)
+                             self.mesh_source, pose_encoder=self.pose_encoder,
+                             progress=progress)
 
     # ------------------------------------------------------------------ 3. controls
 
@@ -356,6 +364,15 @@ class FactorPortraitPipeline:
         if self.expression_encoder is None:
             return torch.zeros(1, 128)
         image = ((request.reference_image + 1) * 127.5).round().byte().permute(1, 2, 0)[None]
+        from factorportrait.tracking.video import needs_landmarks, tracked_codes
+
+        if needs_landmarks(self.expression_encoder):  # its crop comes from the landmarks
+            if self.face_tracker is None:
+                from factorportrait.tracking import FaceTracker
+                self.face_tracker = FaceTracker()
+            face = self.face_tracker.track_image(image[0], name="reference_image")
+            return pad_codes(tracked_codes(self.expression_encoder, image, face.boxes,
+                                           landmarks=face.landmarks), "expression_encoder")
         return pad_codes(encode_expressions(self.expression_encoder, image, self.device),
                          "expression_encoder")
 

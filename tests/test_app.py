@@ -114,6 +114,9 @@ def test_the_app_command_refuses_bad_arguments_in_one_line(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err.strip().splitlines()[-1]
     assert app_main(["--checkpoint", str(DEMO), "--port", "0"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err
+    assert app_main(["--checkpoint", str(DEMO), "--pose-encoder", str(tmp_path)]) == 2
+    assert f"--pose-encoder {tmp_path}: expected a folder with motion_trainer.json" in \
+        capsys.readouterr().err
 
 
 def test_sampling_and_paste_back_are_refused_before_any_work(tmp_path):

@@ -222,7 +222,7 @@ class Renderer:
         checkpoint: a FactorPortrait checkpoint folder (checked now, weights read later).
         output_dir: where each render's folder is written.
         load: keyword arguments of ``FactorPortraitPipeline.from_pretrained`` (device, dtype,
-            vae_path, lora, lora_scale).
+            vae_path, lora, lora_scale; expression_encoder and pose_encoder components).
     """
 
     def __init__(self, checkpoint: str | Path, output_dir: str | Path, **load: Any) -> None:
@@ -303,7 +303,8 @@ class Renderer:
         request = check_render_inputs(reference, **with_trained_defaults(inputs,
                                                                          str(self.checkpoint)))
         if request.reference_crop == "face" or request.driving_video is not None:
-            resolve_faces(request, FaceTracker(), None, mesh_source)
+            resolve_faces(request, FaceTracker(), None, mesh_source,
+                          pose_encoder=self.load.get("pose_encoder"))
         return preview_conditions(request, request.mesh_source or mesh_source, path)
 
     def render(self, form: RenderForm, progress: bool = True) -> AppResult:

@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="append", default=[], metavar="PATH",
                         help="LoRA adapter merged into the DiT (repeatable)")
     parser.add_argument("--lora-scale", action="append", type=float, metavar="S")
+    parser.add_argument("--expression-encoder", metavar="DIR",
+                        help="driving-video codes from this expression-encoder or "
+                        "motion-trainer folder (as factorportrait-render's)")
+    parser.add_argument("--pose-encoder", metavar="DIR",
+                        help="driving-video head pose from this motion trainer's pose encoder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--output-dir", default="outputs/app",
@@ -45,16 +50,17 @@ def make_renderer(args: argparse.Namespace):
     import torch
 
     from factorportrait.app.session import Renderer
-    from factorportrait.cli.render import UsageError, resolve_device
+    from factorportrait.cli.render import UsageError, encoder_components, resolve_device
 
     if args.lora_scale is not None and len(args.lora_scale) != len(args.lora):
         raise UsageError(f"--lora-scale: give one per --lora ({len(args.lora)}), got "
                          f"{len(args.lora_scale)}")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
-    return Renderer(args.checkpoint, args.output_dir, device=resolve_device(args.device),
+    device = resolve_device(args.device)
+    return Renderer(args.checkpoint, args.output_dir, device=device,
                     dtype=getattr(torch, args.dtype), vae_path=args.vae, lora=args.lora,
-                    lora_scale=args.lora_scale)
+                    lora_scale=args.lora_scale, **encoder_components(args, device))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--lora-scale", action="append", type=float, metavar="S",
                        help="scale of each --lora (repeat once per adapter; default 1)")
     model.add_argument("--vae", help="Wan2.1_VAE.pth (when the checkpoint has no VAE)")
+    model.add_argument("--expression-encoder", metavar="DIR",
+                       help="expression codes of the driving video from this encoder instead "
+                       "of the checkpoint's: an expression-encoder folder or a motion-trainer "
+                       "folder (tools/train_motion.py, docs/motion.md)")
+    model.add_argument("--pose-encoder", metavar="DIR",
+                       help="the driving video's head pose from this motion trainer's pose "
+                       "encoder instead of the tracker's landmark fit (docs/motion.md)")
     model.add_argument("--preset", choices=("tiny", "wan_1_3b", "wan_14b"),
                        help="refuse a checkpoint of another architecture")
     model.add_argument("--text-encoder", help="models_t5_umt5-xxl-enc-bf16.pth")
@@ -178,6 +185,33 @@ def render_inputs(args: argparse.Namespace) -> dict[str, Any]:
                 height=args.height, width=args.width, fps=args.fps, reference_crop=args.crop)
 
 
+def encoder_components(args: argparse.Namespace, device: str = "cpu") -> dict[str, Any]:
+    """``--expression-encoder`` / ``--pose-encoder`` as pipeline components on ``device``
+    (empty when neither is given); a folder that holds neither format is a one-line error."""
+    from factorportrait.inference.loading import load_expression_encoder
+    from factorportrait.models.expression_encoder import CONFIG_FILE as ENCODER_CONFIG
+    from factorportrait.motion.model import CONFIG_FILE as MOTION_CONFIG
+    from factorportrait.motion.sources import load_motion_sources
+
+    components: dict[str, Any] = {}
+    for flag, name in (("--expression-encoder", "expression_encoder"),
+                       ("--pose-encoder", "pose_encoder")):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        folder = Path(value)
+        if (folder / MOTION_CONFIG).is_file():
+            pose, expression = load_motion_sources(folder, device)
+            components[name] = pose if name == "pose_encoder" else expression
+        elif name == "expression_encoder" and (folder / ENCODER_CONFIG).is_file():
+            components[name] = load_expression_encoder(folder, device)
+        else:
+            wanted = f"{MOTION_CONFIG} (tools/train_motion.py)" + (
+                f" or {ENCODER_CONFIG}" if name == "expression_encoder" else "")
+            raise UsageError(f"{flag} {value}: expected a folder with {wanted}")
+    return components
+
+
 def resolve_device(name: str) -> str:
     """``--device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``;
     anything else, or CUDA without a GPU, is a usage error."""
@@ -228,11 +262,13 @@ def run(args: argparse.Namespace) -> int:
     inputs, source = render_inputs(args), mesh_source(args)
     tracker = face_tracker(args)
     if args.preview is not None:
+        pose_encoder = encoder_components(args).get("pose_encoder")
         from factorportrait.inference.faces import resolve_faces
         from factorportrait.inference.preview import preview_conditions
         request = check_render_inputs(args.reference, **inputs)
         if request.reference_crop == "face" or request.driving_video is not None:
-            resolve_faces(request, tracker_or_default(tracker), None, source)
+            resolve_faces(request, tracker_or_default(tracker), None, source,
+                          pose_encoder=pose_encoder)
         preview_conditions(request, request.mesh_source or source, args.preview)
         print(f"wrote {args.preview}")
         return 0
@@ -253,12 +289,14 @@ def run(args: argparse.Namespace) -> int:
     request = check_render_inputs(args.reference, output_path=args.out,
                                   **with_trained_defaults(inputs, args.checkpoint))
     _check_memory(request, args, device)
+    encoders = encoder_components(args, device)
     pipe = FactorPortraitPipeline.from_pretrained(
         args.checkpoint, vae_path=args.vae, preset=args.preset, device=device,
         dtype=getattr(torch, args.dtype), text_encoder_path=args.text_encoder,
         tokenizer_path=args.tokenizer, lora=args.lora, lora_scale=args.lora_scale,
         mesh_source=source, window_frames=args.window_frames,
-        window_overlap=args.window_overlap, vae_tile=args.vae_tile, face_tracker=tracker)
+        window_overlap=args.window_overlap, vae_tile=args.vae_tile, face_tracker=tracker,
+        **encoders)
     main_rank = True
     if ranks > 1:  # torchrun: one sequence-parallel group of every rank
         from factorportrait.training.distributed import init_process_group

@@ -286,7 +286,8 @@ def _phone_clip(item: CaptureItem, root: Path, settings: CaptureSettings, tracke
                       .expand(count, 4, 4).clone(), even_w, even_h)
     normals = _normals(avatar, scale, rotation, centres, cameras)
     record = _record(item.take, "phone", item, settings, loaded.fps, count)
-    codes = None if encoder is None else tracked_codes(encoder, frames, face.boxes)
+    codes = None if encoder is None else tracked_codes(encoder, frames, face.boxes,
+                                                       landmarks=face.landmarks)
     annotations = ClipAnnotations(
         K=cameras.K.float(), c2w=cameras.c2w.float(),
         head_rotation=matrix_to_axis_angle(rotation).float(), head_translation=centres.float(),
@@ -326,7 +327,8 @@ def _studio_take(item: CaptureItem, root: Path, settings: CaptureSettings,
         view_cameras = Cameras(cameras.K[v:v + 1].expand(count, 3, 3).clone(),
                                cameras.c2w[v:v + 1].expand(count, 4, 4).clone(), even_w, even_h)
         normals = _normals(avatar, scale, rotation, centre, view_cameras)
-        codes = None if encoder is None else tracked_codes(encoder, view.frames, face.boxes)
+        codes = None if encoder is None else tracked_codes(encoder, view.frames, face.boxes,
+                                                          landmarks=face.landmarks)
         annotations = ClipAnnotations(
             K=view_cameras.K.float(), c2w=view_cameras.c2w.float(),
             head_rotation=matrix_to_axis_angle(rotation).float(),

@@ -22,7 +22,7 @@ from torch import Tensor
 from factorportrait.geometry.cameras import Cameras
 from factorportrait.geometry.rays import (LATENT_STRIDE, TEMPORAL_STRIDE, _check_pose_matrix,
                                           head_pose_ray_map)
-from factorportrait.geometry.rotations import axis_angle_to_matrix
+from factorportrait.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 HEAD_RADIUS_M = 0.1  # the head-frame unit of P: a head of radius ~0.1 m spans ~2 units
 
@@ -66,6 +66,47 @@ def head_pose_matrices(head_rotation: Tensor, head_translation: Tensor, cameras:
     scale = 2 * K[:, 1, 1] * HEAD_RADIUS_M / (cameras.height * depth)  # (F,)
     translation = torch.cat([uv, torch.zeros_like(uv[:, :1])], dim=1)
     return torch.cat([scale[:, None, None] * rotation, translation[:, :, None]], dim=2).float()
+
+
+def head_poses_from_matrices(poses: Tensor, cameras: Cameras) -> tuple[Tensor, Tensor]:
+    """The inverse of :func:`head_pose_matrices`: 3D head poses whose RTS, seen by ``cameras``,
+    are ``poses`` (e.g. a pose encoder's predictions).
+
+    ``sR`` splits into ``s`` (the cube root of its determinant) and ``R``; the head centre lies
+    on the ray through the pixel of ``(t_u, t_v)`` at the depth ``z = 2 f_y r / (H s)``
+    (``r`` = :data:`HEAD_RADIUS_M`), so the pose encoder's scale becomes distance.
+
+    Args:
+        poses: ``(F, 3, 4)`` RTS ``[sR | t]`` with ``det(sR) > 0``.
+        cameras: ``F`` cameras (or 1, shared) with ``width``/``height`` set.
+    Returns:
+        ``head_rotation (F, 3)`` axis-angle and ``head_translation (F, 3)`` metres, world
+        frame, float32.
+    """
+    _check_pose_matrix("head_poses_from_matrices", poses)
+    frames = poses.shape[0]
+    if len(cameras) not in (1, frames):
+        raise ValueError(f"head_poses_from_matrices: {len(cameras)} cameras for {frames} poses; "
+                         "give one camera or one per frame")
+    if cameras.width is None:
+        raise ValueError("head_poses_from_matrices: cameras need width and height")
+    linear = poses[:, :, :3].double()
+    determinant = torch.linalg.det(linear)
+    if (bad := (determinant <= 0).nonzero()).numel():
+        raise ValueError(f"head_poses_from_matrices: pose {int(bad[0, 0])} has det(sR) <= 0 "
+                         "(not a scaled rotation)")
+    scale = determinant ** (1 / 3)  # (F,)
+    rotation = linear / scale[:, None, None]
+    c2w = cameras.c2w.double().expand(frames, -1, -1)
+    K = cameras.K.double().expand(frames, -1, -1)
+    depth = 2 * K[:, 1, 1] * HEAD_RADIUS_M / (cameras.height * scale)  # (F,)
+    size = torch.tensor([cameras.width, cameras.height], dtype=torch.float64)
+    pixels = (poses[:, :2, 3].double() + 1) * size / 2  # (F, 2)
+    homogeneous = torch.cat([pixels, torch.ones_like(pixels[:, :1])], dim=1)
+    centre = torch.linalg.solve(K, homogeneous[:, :, None])[:, :, 0] * depth[:, None]
+    world_rotation = c2w[:, :3, :3] @ rotation
+    world_centre = torch.einsum("fij,fj->fi", c2w[:, :3, :3], centre) + c2w[:, :3, 3]
+    return matrix_to_axis_angle(world_rotation).float(), world_centre.float()
 
 
 def source_and_driving_poses(source_rotation: Tensor, source_translation: Tensor,

@@ -47,6 +47,9 @@ def encode_expressions(encoder: ExpressionEncoder, frames: Tensor,
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"encode_expressions: frames must be uint8 (F, H, W, 3), got "
                          f"{frames.dtype} {tuple(frames.shape)}")
+    if getattr(encoder, "needs_landmarks", False):
+        raise ValueError(f"{type(encoder).__name__} cuts its crop from tracked landmarks: track "
+                         "the frames (track_head=True, tracking.tracked_codes), not whole frames")
     device = _device_of(encoder, torch.device(device))
     codes = []
     for start in range(0, frames.shape[0], batch):

@@ -39,9 +39,10 @@ from factorportrait.tracking.canonical import face_points
 from factorportrait.tracking.crop import FaceBoxes, crop_faces
 from factorportrait.tracking.pose import fit_head_pose
 from factorportrait.tracking.tracker import FaceTrack, FaceTracker
-from factorportrait.tracking.video import load_video, tracked_codes
+from factorportrait.tracking.video import load_video, needs_landmarks, tracked_codes
 
 LOGGER = logging.getLogger(__name__)
+CHUNK = 32  # frames per pose-encoder call (float copies of a long video stay small)
 
 @dataclass(frozen=True, eq=False)
 class ReferenceFace:
@@ -118,7 +119,7 @@ def portrait_reference(photo: Tensor, height: int, width: int, tracker: FaceTrac
     rotation = c2w[:3, :3] @ pose.rotation[0].double()
     codes = None
     if encoder is not None:
-        codes = tracked_codes(encoder, photo[None], face.boxes)
+        codes = tracked_codes(encoder, photo[None], face.boxes, landmarks=face.landmarks)
     reference = ControlTrack(
         cameras=camera, head_rotation=matrix_to_axis_angle(rotation)[None].float(),
         head_translation=(c2w[:3, :3] @ centre + c2w[:3, 3])[None].float(),
@@ -174,12 +175,15 @@ def crop_box_of_center_crop(photo_height: int, photo_width: int, height: int, wi
 
 
 def resolve_faces(request, tracker: FaceTracker, encoder=None, mesh_source=None, *,
-                  progress: bool = False):
+                  pose_encoder=None, progress: bool = False):
     """Step 2 on a checked :class:`~factorportrait.inference.inputs.RenderRequest`, in place
     (idempotent): the reference's portrait crop, its tracked pose and fitted avatar (when
     ``request.reference_crop == "face"``), and the tracked driving video's codes and head
     motion (when ``request.driving_video`` is set). ``mesh_source``: the pipeline's own; an
-    avatar one lends its identity to the fitted avatar. Returns ``request``."""
+    avatar one lends its identity to the fitted avatar. ``pose_encoder``: a source of RTS
+    poses from tracked frames (:class:`~factorportrait.motion.sources.MotionPoseSource`)
+    that replaces the tracker's head pose of the driving video (:func:`encoded_motion`).
+    Returns ``request``."""
     if request.faces_done:
         return request
     needs_face = request.driving_video is not None and MODE_FACTORS[request.mode].pose == \
@@ -191,7 +195,7 @@ def resolve_faces(request, tracker: FaceTracker, encoder=None, mesh_source=None,
         try:
             face = portrait_reference(request.photo, request.height, request.width, tracker,
                                       encoder=encoder if isinstance(encoder, EncoderCodeSource)
-                                      else None, avatar=avatar)
+                                      or needs_landmarks(encoder) else None, avatar=avatar)
         except ValueError as err:  # NoFaceError, a face too small
             if needs_face:
                 raise ValueError(f"{err}; driving the head from a video needs the reference's "
@@ -213,7 +217,8 @@ def resolve_faces(request, tracker: FaceTracker, encoder=None, mesh_source=None,
                                  "reference track in the mesh's world")
             request.mesh_source = face.mesh_source
     if request.driving_video is not None:
-        request.driving = _driving_from_video(request, tracker, encoder, progress)
+        request.driving = _driving_from_video(request, tracker, encoder, progress,
+                                              pose_encoder)
         request.driving_video = None
     for name in ("driving", "pose_source", "expression_source"):  # tracked files
         track = getattr(request, name)
@@ -224,10 +229,27 @@ def resolve_faces(request, tracker: FaceTracker, encoder=None, mesh_source=None,
     return request
 
 
-def _driving_from_video(request, tracker: FaceTracker, encoder, progress: bool
-                        ) -> ControlTrack:
+def encoded_motion(face: FaceTrack, frames: Tensor, pose_encoder) -> ControlTrack:
+    """The head pose of tracked ``frames`` (``uint8 (F, H, W, 3)``) read by ``pose_encoder``
+    (``(frames, landmarks) -> RTS (F, 3, 4)``) instead of the tracker's fit: the RTS become
+    3D poses in the video camera's frame (:func:`~factorportrait.geometry.head_pose.
+    head_poses_from_matrices` with the tracker's intrinsics), a ``world="camera"`` track like
+    :meth:`FaceTrack.to_control_track`'s."""
+    from factorportrait.geometry.head_pose import head_poses_from_matrices
+
+    poses = torch.cat([pose_encoder(frames[start:start + CHUNK].permute(0, 3, 1, 2).float()
+                                    / 127.5 - 1, face.landmarks[start:start + CHUNK])
+                       for start in range(0, len(frames), CHUNK)])
+    rotation, translation = head_poses_from_matrices(poses, face.cameras())
+    return face.to_control_track().replace(head_rotation=rotation, head_translation=translation,
+                                           source=f"pose encoder: {face.report.source}")
+
+
+def _driving_from_video(request, tracker: FaceTracker, encoder, progress: bool,
+                        pose_encoder=None) -> ControlTrack:
     """The driving track completed from the video: codes (if missing) from the encoder, head
-    motion (if missing) tracked and transferred onto the reference."""
+    motion (if missing) tracked — or read by ``pose_encoder`` — and transferred onto the
+    reference."""
     factors = MODE_FACTORS[request.mode]
     driving = request.driving
     wants_pose = factors.pose == "driving" and (driving is None or not driving.has_pose)
@@ -242,14 +264,17 @@ def _driving_from_video(request, tracker: FaceTracker, encoder, progress: bool
     if len(frames) < request.num_frames:
         raise ValueError(f"{label} has {len(frames)} frames at a constant rate, fewer than "
                          f"num_frames={request.num_frames}")
-    track = wants_pose or isinstance(encoder, EncoderCodeSource)
+    track = wants_pose or isinstance(encoder, EncoderCodeSource) or needs_landmarks(encoder)
     face = tracker.track(frames, request.fps, name=label, progress=progress) if track else None
     changes = {}
     if wants_codes:
         boxes = face.boxes if face is not None else None
-        changes["expression_codes"] = tracked_codes(encoder, frames, boxes)
+        changes["expression_codes"] = tracked_codes(
+            encoder, frames, boxes, landmarks=None if face is None else face.landmarks)
     if wants_pose:
-        moved = transfer_motion(face.to_control_track(), request.reference)
+        motion = face.to_control_track() if pose_encoder is None else encoded_motion(
+            face, frames, pose_encoder)
+        moved = transfer_motion(motion, request.reference)
         changes.update(head_rotation=moved.head_rotation,
                        head_translation=moved.head_translation)
     if driving is None:

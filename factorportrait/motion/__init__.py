@@ -7,7 +7,8 @@ warp), ``encoders`` (appearance, pose), ``decoder`` (AdaIN generator), ``discrim
 (multi-scale PatchGAN), ``model`` (:class:`MotionTrainer`), ``losses``, ``augment`` (pose and
 expression inputs, cross-view driving); training: ``data`` (multi-view synthetic samples with
 ground-truth poses), ``step`` (one GAN step), ``train`` (the resumable loop, recipe
-``recipes/motion.yaml``), ``evaluate`` (held-out identities).
+``recipes/motion.yaml``), ``evaluate`` (held-out identities and baselines); ``sources``
+(the pose and expression encoders as pipeline sources on tracked frames).
 """
 
 from factorportrait.motion.augment import (
@@ -40,16 +41,22 @@ from factorportrait.motion.losses import (
                                            reconstruction_loss,
 )
 from factorportrait.motion.model import MotionTrainer
+from factorportrait.motion.sources import (
+                                           MotionExpressionSource,
+                                           MotionPoseSource,
+                                           load_motion_sources,
+)
 from factorportrait.motion.step import InputSettings, LossWeights, motion_inputs, train_step
 from factorportrait.motion.train import MotionTrainConfig, config_from_recipe, train_motion
 
 __all__ = [
     "AdaIN", "AppearanceEncoder", "Decoder", "InputSettings", "LossWeights", "MotionBatch",
-    "MotionSampling", "MotionTrainConfig", "MotionTrainer", "MotionTrainerConfig",
-    "PatchDiscriminator", "PoseEncoder", "VGGPerceptualLoss", "ViewGroup", "config_from_recipe",
-    "cross_view_driving", "discriminator_adversarial_loss", "evaluate_motion",
-    "expression_input", "eye_mouth_mask", "feature_matching_loss", "generator_adversarial_loss",
-    "landmark_face_boxes", "load_vgg_perceptual", "mask_eyes_and_mouth", "motion_inputs",
+    "MotionExpressionSource", "MotionPoseSource", "MotionSampling", "MotionTrainConfig",
+    "MotionTrainer", "MotionTrainerConfig", "PatchDiscriminator", "PoseEncoder",
+    "VGGPerceptualLoss", "ViewGroup", "config_from_recipe", "cross_view_driving",
+    "discriminator_adversarial_loss", "evaluate_motion", "expression_input", "eye_mouth_mask",
+    "feature_matching_loss", "generator_adversarial_loss", "landmark_face_boxes",
+    "load_motion_sources", "load_vgg_perceptual", "mask_eyes_and_mouth", "motion_inputs",
     "pyramid_l1_loss", "reconstruction_loss", "render_motion_batch", "rotation_6d_to_matrix",
     "rts_pose", "step_generator", "train_motion", "train_step", "warp_volume",
 ]

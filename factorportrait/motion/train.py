@@ -65,7 +65,8 @@ class MotionTrainConfig:
 
     ``preset`` names a :class:`MotionTrainerConfig` preset and ``model`` overrides its
     top-level fields. Training avatars: ``identity_seeds(identities, "train", identity_seed)``
-    (the ``"heldout"`` split of the same seed is for evaluation). Both learning rates warm up
+    (the ``"heldout"`` split of the same seed is for evaluation). ``lr_pose`` (None =
+    ``lr_generator``) is the pose encoder's own rate. All learning rates warm up
     linearly over ``warmup_steps``, then stay constant; the GAN terms start at
     ``adversarial_start``.
     At the end, ``eval_batches`` batches of held-out identities are scored
@@ -79,6 +80,7 @@ class MotionTrainConfig:
     batch_size: int = 8
     lr_generator: float = 2e-4
     lr_discriminator: float = 2e-4
+    lr_pose: float | None = None
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.01
     warmup_steps: int = 50
@@ -115,8 +117,11 @@ class MotionTrainConfig:
                 self.eval_batches < 0:
             raise ValueError(f"motion training: eval_batches must be an integer >= 0, got "
                              f"{self.eval_batches!r}")
-        for name in ("lr_generator", "lr_discriminator"):
-            if not getattr(self, name) > 0:
+        for name in ("lr_generator", "lr_discriminator", "lr_pose"):
+            if name == "lr_pose" and self.lr_pose is None:
+                continue
+            if isinstance(getattr(self, name), bool) or not isinstance(
+                    getattr(self, name), (int, float)) or not getattr(self, name) > 0:
                 raise ValueError(f"motion training: {name} must be > 0, got "
                                  f"{getattr(self, name)}")
         if len(self.betas) != 2:
@@ -127,6 +132,12 @@ class MotionTrainConfig:
                              f"valid: {sorted(valid)}")
         self.model_config()  # bad sizes fail here
         self.input_settings()
+
+    def peak_learning_rates(self) -> tuple[tuple[float, float], tuple[float]]:
+        """The scheduled peaks of each optimizer's parameter groups: the generator's (all but
+        the pose encoder, the pose encoder) and the discriminator's."""
+        pose = self.lr_generator if self.lr_pose is None else self.lr_pose
+        return (self.lr_generator, pose), (self.lr_discriminator,)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> MotionTrainConfig:
@@ -223,11 +234,22 @@ def build_state(config: MotionTrainConfig) -> TrainingState:
     model_config = config.model_config()
     model = MotionTrainer(model_config).train()
     discriminator = PatchDiscriminator(model_config).train()
-    optimizers = tuple(torch.optim.AdamW(net.parameters(), lr=lr, betas=config.betas,
+    optimizers = tuple(torch.optim.AdamW(groups, betas=config.betas,
                                          weight_decay=config.weight_decay)
-                       for net, lr in ((model, config.lr_generator),
-                                       (discriminator, config.lr_discriminator)))
+                       for groups in (generator_groups(model, config),
+                                      [{"params": list(discriminator.parameters()),
+                                        "lr": config.lr_discriminator}]))
     return TrainingState(model, discriminator, optimizers)
+
+
+def generator_groups(model: MotionTrainer, config: MotionTrainConfig) -> list[dict[str, Any]]:
+    """The generator's AdamW parameter groups: everything but the pose encoder, then the
+    pose encoder (at :meth:`MotionTrainConfig.peak_learning_rates`)."""
+    (rest_lr, pose_lr), _ = config.peak_learning_rates()
+    pose = list(model.pose.parameters())
+    ids = {id(p) for p in pose}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr": rest_lr}, {"params": pose, "lr": pose_lr}]
 
 
 def save_checkpoint(root: Path, state: TrainingState, config: MotionTrainConfig) -> Path:
@@ -256,6 +278,11 @@ def load_checkpoint(directory: Path, state: TrainingState, config: MotionTrainCo
     state.model.load_state_dict(models["generator"])
     state.discriminator.load_state_dict(models["discriminator"])
     optimizers = load_tree(directory / "optimizers")
+    groups = len(optimizers["generator"]["param_groups"])
+    if groups != len(state.optimizers[0].param_groups):
+        raise ValueError(f"cannot resume from {directory}: its generator optimizer has {groups} "
+                         "parameter group(s), from before the pose encoder had its own "
+                         "(lr_pose); use another output_dir")
     state.optimizers[0].load_state_dict(optimizers["generator"])
     state.optimizers[1].load_state_dict(optimizers["discriminator"])
     restore_rng(load_tree(rank_stem(directory, "rng", 0)))
@@ -297,10 +324,9 @@ def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = 
                                     config.sampling, generator)
         inputs = motion_inputs(batch, model_config.expression.crop_size, settings, generator)
         # 2. Learning rates of this step, then the GAN step.
-        for optimizer, base in zip(state.optimizers, (config.lr_generator,
-                                                      config.lr_discriminator)):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(base, state.step, config.warmup_steps)
+        for optimizer, peaks in zip(state.optimizers, config.peak_learning_rates()):
+            for group, peak in zip(optimizer.param_groups, peaks):
+                group["lr"] = learning_rate(peak, state.step, config.warmup_steps)
         parts = train_step(state.model, state.discriminator, state.optimizers, inputs,
                            config.loss, state.step >= config.adversarial_start,
                            config.grad_clip, perceptual)

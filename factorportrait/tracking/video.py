@@ -83,24 +83,39 @@ def load_video(path: str | os.PathLike, max_frames: int | None = None,
     return loaded
 
 
-def tracked_codes(encoder: Any, frames: Tensor, boxes: FaceBoxes | None, batch: int = 32
-                  ) -> Tensor:
+def tracked_codes(encoder: Any, frames: Tensor, boxes: FaceBoxes | None, batch: int = 32,
+                  landmarks: Tensor | None = None) -> Tensor:
     """Expression codes ``(F, D)`` of ``uint8 (F, H, W, 3)`` frames at tracked ``boxes``.
 
     An :class:`~factorportrait.expression.EncoderCodeSource` (what ``from_pretrained`` loads)
     gets the boxes and encodes roll-normalised face crops — the crop function its training
-    used; any other encoder (the pipeline's frames-to-codes protocol,
-    :func:`~factorportrait.inference.encoders.encode_expressions`) gets whole frames."""
+    used; a source that cuts its own crop from the landmarks (``needs_landmarks``, e.g.
+    :class:`~factorportrait.motion.sources.MotionExpressionSource`) gets the tracked
+    ``landmarks (F, 478, 3)`` pixels; any other encoder (the pipeline's frames-to-codes
+    protocol, :func:`~factorportrait.inference.encoders.encode_expressions`) gets whole
+    frames."""
     from factorportrait.expression.codes import EncoderCodeSource
     from factorportrait.inference.encoders import encode_expressions
 
-    if not isinstance(encoder, EncoderCodeSource) or boxes is None:
+    if needs_landmarks(encoder):
+        if landmarks is None:
+            raise ValueError(f"{type(encoder).__name__} reads tracked landmarks: track the "
+                             "frames first (FaceTracker)")
+        cues = landmarks
+    elif isinstance(encoder, EncoderCodeSource) and boxes is not None:
+        cues = boxes
+    else:
         return encode_expressions(encoder, frames)
     codes = []
     for start in range(0, frames.shape[0], batch):
         chunk = frames[start:start + batch].permute(0, 3, 1, 2).float() / 127.5 - 1
-        codes.append(encoder(chunk, boxes[start:start + batch]))
+        codes.append(encoder(chunk, cues[start:start + batch]))
     return torch.cat(codes)
+
+
+def needs_landmarks(source: Any) -> bool:
+    """Whether a code or pose source reads tracked landmarks (its ``needs_landmarks``)."""
+    return bool(getattr(source, "needs_landmarks", False))
 
 
 def track_video(video: str | os.PathLike | Tensor, tracker: FaceTracker | None = None, *,
@@ -117,7 +132,8 @@ def track_video(video: str | os.PathLike | Tensor, tracker: FaceTracker | None =
         frames = torch.as_tensor(video)[:max_frames]
         rate, label = fps or 25.0, name
     face = tracker.track(frames, rate, name=label, progress=progress)
-    codes = None if encoder is None else tracked_codes(encoder, frames, face.boxes)
+    codes = None if encoder is None else tracked_codes(encoder, frames, face.boxes,
+                                                       landmarks=face.landmarks)
     return face.to_control_track(codes, source=f"tracked: {label}"), face, frames
 
 
