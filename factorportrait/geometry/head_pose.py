@@ -27,6 +27,15 @@ from factorportrait.geometry.rotations import axis_angle_to_matrix, matrix_to_ax
 HEAD_RADIUS_M = 0.1  # the head-frame unit of P: a head of radius ~0.1 m spans ~2 units
 
 
+def _check_cameras(name: str, cameras: Cameras, frames: int, what: str, why: str = "") -> None:
+    """One camera or one per frame, with the image size set (``name`` heads the message)."""
+    if len(cameras) not in (1, frames):
+        raise ValueError(f"{name}: {len(cameras)} cameras for {frames} {what}; give one camera "
+                         "or one per frame")
+    if cameras.width is None:
+        raise ValueError(f"{name}: cameras need width and height{why}")
+
+
 def head_pose_matrices(head_rotation: Tensor, head_translation: Tensor, cameras: Cameras
                        ) -> Tensor:
     """RTS poses ``P (F, 3, 4)`` of 3D head poses seen by ``cameras``.
@@ -47,11 +56,8 @@ def head_pose_matrices(head_rotation: Tensor, head_translation: Tensor, cameras:
                          f"{tuple(head_rotation.shape)} like head_rotation, got "
                          f"{tuple(head_translation.shape)}")
     frames = head_rotation.shape[0]
-    if len(cameras) not in (1, frames):
-        raise ValueError(f"head_pose_matrices: {len(cameras)} cameras for {frames} head poses; "
-                         "give one camera or one per frame")
-    if cameras.width is None:
-        raise ValueError("head_pose_matrices: cameras need width and height (the image K is for)")
+    _check_cameras("head_pose_matrices", cameras, frames, "head poses",
+                   " (the image K is for)")
     w2c = cameras.world_to_camera().double().expand(frames, -1, -1)  # (F, 4, 4)
     K = cameras.K.double().expand(frames, -1, -1)
     rotation = w2c[:, :3, :3] @ axis_angle_to_matrix(head_rotation.double())  # (F, 3, 3)
@@ -85,11 +91,7 @@ def head_poses_from_matrices(poses: Tensor, cameras: Cameras) -> tuple[Tensor, T
     """
     _check_pose_matrix("head_poses_from_matrices", poses)
     frames = poses.shape[0]
-    if len(cameras) not in (1, frames):
-        raise ValueError(f"head_poses_from_matrices: {len(cameras)} cameras for {frames} poses; "
-                         "give one camera or one per frame")
-    if cameras.width is None:
-        raise ValueError("head_poses_from_matrices: cameras need width and height")
+    _check_cameras("head_poses_from_matrices", cameras, frames, "poses")
     linear = poses[:, :, :3].double()
     determinant = torch.linalg.det(linear)
     if (bad := (determinant <= 0).nonzero()).numel():
