@@ -218,7 +218,7 @@ class FactorPortraitPipeline:
                  seed: int = 0, shift: float = DEFAULT_SHIFT, batch_cfg: bool = True,
                  output_path: Optional[str | os.PathLike] = None, fps: Optional[float] = None,
                  reference_crop: str = "auto", paste_back: bool = False,
-                 progress: bool = True) -> RenderResult:
+                 lossless: bool = False, progress: bool = True) -> RenderResult:
         """Render a video -> :class:`RenderResult`: ``uint8 (F, H, W, 3)`` frames (also written
         to ``output_path``), the checked request and the per-frame control plan.
 
@@ -236,6 +236,9 @@ class FactorPortraitPipeline:
         ``"auto"`` (``"center"`` with a ``reference`` track, else ``"face"``, falling back to
         the centre crop when no face is found and none is needed). ``paste_back``: return
         (and write) the frames pasted into the full reference photo (docs/tracking.md).
+        ``lossless``: write ``output_path`` as exact RGB (``libx264rgb -qp 0``; for evaluation
+        and comparisons, since H.264's lossy block decisions can flip on a 1-level change),
+        instead of the default ``yuv420p`` that every player reads.
         """
         self.timings = {}
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
@@ -270,7 +273,7 @@ class FactorPortraitPipeline:
         if paste_back:
             frames = self.paste_back(request, frames)
         if request.output_path is not None:
-            write_video(request.output_path, frames, fps=request.fps)
+            write_video(request.output_path, frames, fps=request.fps, lossless=lossless)
         return RenderResult(frames, request, plan)
 
     # ------------------------------------------------------------------ 1. check inputs

@@ -143,6 +143,11 @@ def test_writes_an_mp4_and_a_failed_render_leaves_none(tmp_path):
     frames = pipe(reference_image(), num_steps=2, progress=False, output_path=out,
                   **mode_inputs("driving"))
     assert read_video(out).shape == frames.shape
+    exact = tmp_path / "exact.mp4"
+    frames = pipe(reference_image(), num_steps=2, progress=False, output_path=exact,
+                  lossless=True, **mode_inputs("driving"))
+    assert torch.equal(read_video(exact), frames)  # lossless: the frames, bit for bit
+    exact.unlink()
 
     class Broken(torch.nn.Module):
         config = tiny_dit().config

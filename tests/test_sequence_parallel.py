@@ -82,7 +82,7 @@ def test_torchrun_renders_the_same_video_as_one_process(tmp_path):
     driving_track(frames=9).save(tmp_path / "perf.safetensors")
     args = [str(tmp_path / "face.png"), "--checkpoint", str(tmp_path / "ckpt"), "--mode",
             "driving", "--control-track", str(tmp_path / "perf.safetensors"), "--frames", "9",
-            "--steps", "3", "--avatar-seed", "3"]
+            "--steps", "3", "--avatar-seed", "3", "--lossless"]
     result = torchrun("tools/render.py", *args, "--out", str(tmp_path / "split.mp4"))
     assert "(2 ranks, sequence parallel)" in result.stdout
     single = subprocess.run([sys.executable, "tools/render.py", *args, "--out",
@@ -92,7 +92,9 @@ def test_torchrun_renders_the_same_video_as_one_process(tmp_path):
     split, whole = (read_video(tmp_path / f"{name}.mp4").short() for name in ("split",
                                                                               "whole"))
     assert split.shape == whole.shape == (9, 32, 32, 3)
-    assert int((split - whole).abs().max()) <= 1  # latents agree to ~1e-6; uint8 rounding
+    # latents agree to ~1e-6, so frames to uint8 rounding; lossless, since H.264's block
+    # decisions can turn a 1-level change into a whole block of ±13 (seen in CI)
+    assert int((split - whole).abs().max()) <= 1
     assert torch.is_tensor(split)
 
 

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(auto: face, centre with --reference-track)")
     out.add_argument("--paste-back", action="store_true",
                      help="write the frames pasted into the full reference photo")
+    out.add_argument("--lossless", action="store_true",
+                     help="write --out as exact RGB (libx264rgb -qp 0: bit-exact frames for "
+                     "evaluation; fewer players read it)")
     out.add_argument("--evaluation-case", metavar="DIR",
                      help="also write DIR/{generated.mp4,reference.png,driving.mp4}: a "
                      "cross-reenactment case for tools/evaluate.py (needs --driving-video)")
@@ -307,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         pipe.enable_block_offload(args.offload_blocks, device)
     frames = pipe(args.reference, **inputs, prompt=args.prompt, num_steps=args.steps,
                   guidance=guidance, seed=args.seed, output_path=args.out if main_rank else None,
-                  paste_back=args.paste_back, progress=main_rank)
+                  paste_back=args.paste_back, lossless=args.lossless, progress=main_rank)
     if main_rank:
         print(f"wrote {args.out}: {frames.shape[0]} frames, {frames.shape[2]}x"
               f"{frames.shape[1]}" + (f" ({ranks} ranks, sequence parallel)" if ranks > 1
