@@ -181,7 +181,7 @@ def test_ablation_recipes_change_only_what_they_ablate():
 
     assert set(ablation_names()) == {"full", "c1_no_dynamicsweep", "c2_no_normal_maps",
                                      "no_camera_rays", "c3_landmarks", "dex_dual_branch",
-                                     "dex_no_ray_map", "dex_no_warping"}
+                                     "dex_no_ray_map", "dex_no_warping", "neutral_normals"}
     full = {name: stage_config(ablation_config("full"), name)
             for name in ("stage1", "stage3", "stage4")}
     c1 = {name: stage_config(ablation_config("c1_no_dynamicsweep"), name) for name in full}
@@ -199,6 +199,19 @@ def test_ablation_recipes_change_only_what_they_ablate():
     assert rays["camera"] == 1.0 and rays["pose"] == 0.0
     with pytest.raises(ValueError, match="unknown ablation 'c9'.*c1_no_dynamicsweep"):
         ablation_config("c9")
+    # its own dataset (neutral-face normal maps): data, codes, latents and runs in its work
+    # folder, never the demo's; the row itself beside the others
+    from factorportrait.demo.ablation import ablation_dir, shared_config
+    from factorportrait.demo.train import synthetic_config
+
+    neutral = ablation_config("neutral_normals")
+    assert synthetic_config(neutral).normals_expression is False
+    assert synthetic_config(ablation_config("full")).normals_expression is True
+    work = ablation_dir(neutral, "neutral_normals") / "work"
+    assert Path(neutral.ablation.work_dir) == work and c2.ablation.work_dir is None
+    stage = stage_config(shared_config(neutral), "stage1")
+    assert Path(stage.data.options["root"]) == work / "data"
+    assert Path(stage.stage_dir).is_relative_to(work / "runs" / "ablation_neutral_normals")
 
 
 def test_evaluation_drop_feeds_the_null_conditions(one_thread):

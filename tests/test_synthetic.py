@@ -230,3 +230,42 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert make_synthetic.main([str(tmp_path / "x"), "--size", "12x"]) == 2
     assert "--size" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_neutral_normals_keep_the_head_pose_and_drop_the_expression():
+    """``normals_expression=False``: the same RGB; normal maps of the same head pose and camera
+    with a neutral face, so they differ from the expressive ones where the face moves."""
+    from dataclasses import replace
+
+    from factorportrait.data.synthetic import make_avatar, render_clip, render_frames
+    from factorportrait.data.synthetic.generator import clip_controls
+    from factorportrait.data.synthetic.performance import Performance
+
+    spec = next(s for s in plan_clips(CONFIG) if s.kind == "phone")
+    neutral_config = replace(CONFIG, normals_expression=False)
+    avatar = make_avatar(CONFIG, spec.identity_index)
+    expressive, neutral = (render_clip(spec, c, avatar) for c in (CONFIG, neutral_config))
+    assert torch.equal(expressive.rgb, neutral.rgb)
+    performance, cameras = clip_controls(spec, CONFIG)
+    still = Performance(torch.zeros_like(performance.expression), performance.head_rotation,
+                        performance.head_translation)
+    _, reference = render_frames(avatar, still, cameras.K, cameras.c2w, CONFIG.height,
+                                 CONFIG.width, CONFIG.supersample)
+    assert torch.equal(neutral.normals, reference)
+    strength = performance.expression.abs().sum(dim=1)
+    strong = int(strength.argmax())
+    difference = (expressive.normals.float() - neutral.normals.float()).abs().mean(dim=(1, 2, 3))
+    assert strength[strong] > 0.3 and difference[strong] > 0.05, (strength, difference)
+    assert neutral.annotations.expression.abs().sum() > 0  # the RGB's expression is annotated
+
+
+def test_normals_expression_round_trips_and_old_configs_read_as_expressive():
+    from dataclasses import replace
+
+    config = replace(CONFIG, normals_expression=False)
+    assert SyntheticConfig.from_json(config.to_json()) == config
+    old = CONFIG.to_json()
+    del old["normals_expression"]  # a synthetic.json written before the option existed
+    assert SyntheticConfig.from_json(old).normals_expression is True
+    with pytest.raises(ValueError, match="normals_expression: must be True or False"):
+        SyntheticConfig(normals_expression="no")

@@ -4,7 +4,8 @@
 ``recipes/ablations/NAME.yaml`` (it sets the recipe's ``ablation`` section), trains the DiT
 through the demo's four stages with the ablation's training overrides — on the demo's data,
 expression codes and latent cache (built first when missing) with the shipped VAE and
-encoder — then scores it with the demo's metric table (:mod:`factorportrait.demo.evaluate`),
+encoder; an overlay that changes ``data`` builds its own dataset, codes and cache in
+``<output_dir>/ablations/NAME/work``, leaving the demo's untouched — then scores it with the demo's metric table (:mod:`factorportrait.demo.evaluate`),
 feeding the conditions the ablation removed as their nulls, as in its training. ``full`` is
 the shipped model itself (no training). Each row goes to
 ``<output_dir>/ablations/NAME/metrics.json``; ``python tools/demo.py ablations`` prints the
@@ -22,6 +23,8 @@ Rows (FactorPortrait Table 2; DeX-Portrait Table 2):
                           warping) added; AdaLN expression, normals and rays kept
     dex_no_ray_map        DeX "w/o ray map": dex_dual_branch with warping only
     dex_no_warping        DeX "w/o warping": dex_dual_branch with ray maps only
+    neutral_normals       the pose normal maps rendered with a neutral face, so the expression
+                          reaches the DiT only through the codes (its own dataset)
 (docs/conditioning.md for the DeX and C3 variants.)
 """
 
@@ -59,6 +62,7 @@ PAPER = {
     "dex_dual_branch": "DeX full (cross): CSIM 0.623, AED 0.0515, APD 0.145",
     "dex_no_ray_map": "DeX w/o ray map (cross): CSIM 0.609, AED 0.0506, APD 0.162",
     "dex_no_warping": "DeX w/o warping (cross): CSIM 0.619, AED 0.0507, APD 0.166",
+    "neutral_normals": "(no paper row: the paper's normal maps come from body meshes)",
 }
 
 
@@ -89,12 +93,26 @@ def ablation_config(name: str, overrides: list[str] = (), recipe: str | Path | N
                          f"{path.relative_to(REPO)})")
     config = load_demo_config(recipe or RECIPE, overrides)
     try:
-        return OmegaConf.merge(config, OmegaConf.load(path))
+        merged = OmegaConf.merge(config, OmegaConf.load(path))
     except Exception as error:  # struct mode: an overlay key the recipe lacks
         raise ValueError(f"ablation recipe {path}: {error}") from error
+    if merged.data != config.data and merged.ablation.work_dir is None:
+        merged.ablation.work_dir = str(ablation_dir(config, name) / "work")
+    return merged
+
+
+def shared_config(config: DictConfig) -> DictConfig:
+    """``config`` as the demo's training steps see it: an ablation with its own ``data``
+    keeps its dataset, codes, latent cache and runs in ``ablation.work_dir``."""
+    if config.ablation.work_dir is None:
+        return config
+    shared = config.copy()
+    shared.output_dir = config.ablation.work_dir
+    return shared
 
 
 def ablation_dir(config: DictConfig, name: str) -> Path:
+    """``<output_dir>/ablations/NAME``: the row's checkpoint and ``metrics.json``."""
     folder = work_dir(config) / "ablations" / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -125,18 +143,19 @@ def train_ablation(config: DictConfig, name: str) -> Path:
     from factorportrait.training import train as train_stage
     from factorportrait.training.curriculum import final_dir
 
+    shared = shared_config(config)
     folder = ablation_dir(config, name) / "checkpoint"
     inputs = {"dit": OmegaConf.to_container(config.dit),
               "ablation": OmegaConf.to_container(config.ablation),
-              "latents": train._stored(config, "latents")}
+              "latents": train._stored(shared, "latents")}
     marker = ablation_dir(config, name) / "inputs.json"
-    runs = work_dir(config) / "runs" / f"ablation_{config.ablation.name}"  # stage_config's
+    runs = work_dir(shared) / "runs" / f"ablation_{config.ablation.name}"  # stage_config's
     stale = not marker.is_file() or json.loads(marker.read_text()) != inputs
     if stale and runs.is_dir():
         shutil.rmtree(runs)  # trained from other (or unrecorded) inputs: start over
     atomic_write_bytes(marker, json.dumps(inputs, indent=1).encode())
-    run_curriculum(list(STAGES), lambda stage: train.stage_config(config, stage), train_stage)
-    last = train.stage_config(config, STAGES[-1])
+    run_curriculum(list(STAGES), lambda stage: train.stage_config(shared, stage), train_stage)
+    last = train.stage_config(shared, STAGES[-1])
     train._copy(final_dir(last.stage_dir), folder, train.DIT_FILES)
     train._copy(checkpoint_dir(config), folder, train.VAE_FILES + train.ENCODER_FILES)
     return folder
@@ -174,7 +193,7 @@ def run_ablation(name: str, overrides: list[str], clips: int | None = None,
     if config.ablation.name is None:
         checkpoints = checkpoint_dir(config)
     else:
-        prepare_shared(config)
+        prepare_shared(shared_config(config))
         checkpoints = train_ablation(config, name)
     return evaluate_ablation(config, name, checkpoints, clips, frames, steps)
 

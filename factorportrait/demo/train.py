@@ -43,7 +43,8 @@ def synthetic_config(config: DictConfig):
     data = config.data
     return SyntheticConfig(identities=data.identities, heldout=data.heldout,
                            clips_per_kind=data.clips_per_kind, frames=data.frames,
-                           width=data.size, height=data.size, seed=data.seed)
+                           width=data.size, height=data.size, seed=data.seed,
+                           normals_expression=data.normals_expression)
 
 
 def data_root(config: DictConfig) -> Path:

@@ -36,6 +36,11 @@ class SyntheticConfig:
             maps are always lossless.
         capture_seconds: length of each identity's long performance that DynamicSweep cuts its
             segments from (at least twice a clip is used).
+        normals_expression: whether the normal maps (the pose condition) show the face's
+            expression. ``False`` renders them from the avatar with a neutral face in the same
+            head pose and camera, so the expression reaches the DiT only through the
+            expression codes, as FactorPortrait factors it (§4.1-4.2: normal maps carry head
+            pose, codes carry expression). The RGB video always shows the expression.
     """
 
     identities: int = 8
@@ -51,6 +56,7 @@ class SyntheticConfig:
     supersample: int = 2
     lossless_rgb: bool = True
     capture_seconds: float = 20.0
+    normals_expression: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
@@ -75,9 +81,10 @@ class SyntheticConfig:
         if unknown or not self.kinds or len(set(self.kinds)) != len(self.kinds):
             raise ValueError(f"kinds: expected distinct names from {', '.join(KINDS)}, got "
                              f"{', '.join(self.kinds) or 'none'}")
-        if not isinstance(self.lossless_rgb, bool):
-            raise ValueError(  # noqa: TRY004 - configs raise ValueError (STYLE.md)
-                f"lossless_rgb: must be True or False, got {self.lossless_rgb!r}")
+        for name in ("lossless_rgb", "normals_expression"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(  # noqa: TRY004 - configs raise ValueError (STYLE.md)
+                    f"{name}: must be True or False, got {getattr(self, name)!r}")
 
     @property
     def capture_duration(self) -> float:

@@ -88,16 +88,28 @@ def clip_controls(spec: ClipSpec, config: SyntheticConfig) -> tuple[Performance,
 
 
 def render_frames(avatar: HeadAvatar, performance: Performance, K: Tensor, c2w: Tensor,
-                  height: int, width: int, supersample: int = 1) -> tuple[Tensor, Tensor]:
+                  height: int, width: int, supersample: int = 1,
+                  normals_expression: bool = True) -> tuple[Tensor, Tensor]:
     """Render the posed avatar: ``K (F,3,3)``, ``c2w (F,4,4)`` → RGB and normal maps, each
-    ``uint8 (F, H, W, 3)`` (docs/rendering.md: white background, black normal background)."""
+    ``uint8 (F, H, W, 3)`` (docs/rendering.md: white background, black normal background).
+    ``normals_expression=False``: the normal maps show a neutral face in the same head pose
+    (:class:`~factorportrait.data.synthetic.config.SyntheticConfig`)."""
     verts = avatar.pose(performance.expression, performance.head_rotation,
                         performance.head_translation)  # (F, V, 3)
+    neutral = None if normals_expression else avatar.pose(
+        torch.zeros_like(performance.expression), performance.head_rotation,
+        performance.head_translation)
     rgb, normals = [], []
     for start in range(0, len(verts), RENDER_CHUNK):
         part = slice(start, start + RENDER_CHUNK)
-        maps = render(Meshes(verts[part], avatar.faces, avatar.vertex_colors), (K[part], c2w[part]),
-                      height, width, outputs=("rgb", "normals"), supersample=supersample)
+        cameras = (K[part], c2w[part])
+        outputs = ("rgb", "normals") if neutral is None else ("rgb",)
+        maps = render(Meshes(verts[part], avatar.faces, avatar.vertex_colors), cameras,
+                      height, width, outputs=outputs, supersample=supersample)
+        if neutral is not None:
+            maps["normals"] = render(Meshes(neutral[part], avatar.faces, avatar.vertex_colors),
+                                     cameras, height, width, outputs=("normals",),
+                                     supersample=supersample)["normals"]
         rgb.append(to_uint8(maps["rgb"]))
         normals.append(to_uint8(maps["normals"]))
     return torch.cat(rgb), torch.cat(normals)
@@ -115,7 +127,7 @@ def render_clip(spec: ClipSpec, config: SyntheticConfig, avatar: HeadAvatar | No
     avatar = avatar if avatar is not None else make_avatar(config, spec.identity_index)
     performance, cameras = clip_controls(spec, config)
     rgb, normals = render_frames(avatar, performance, cameras.K, cameras.c2w, config.height,
-                                 config.width, config.supersample)
+                                 config.width, config.supersample, config.normals_expression)
     annotations = ClipAnnotations(
         K=cameras.K, c2w=cameras.c2w, head_rotation=performance.head_rotation,
         head_translation=performance.head_translation, expression=performance.expression,
@@ -125,14 +137,16 @@ def render_clip(spec: ClipSpec, config: SyntheticConfig, avatar: HeadAvatar | No
 
 
 def render_from_annotations(annotations: ClipAnnotations, frames: Sequence[int] | None = None,
-                            supersample: int = 1) -> tuple[Tensor, Tensor]:
+                            supersample: int = 1, normals_expression: bool = True
+                            ) -> tuple[Tensor, Tensor]:
     """Re-render frames of a synthetic clip from its annotations alone (the avatar from
     ``betas``, then ``expression``, head pose, ``K``, ``c2w``): RGB and normal maps, each
     ``uint8 (len(frames), H, W, 3)``; ``frames=None``: all. Use the dataset's
-    ``supersample`` (``synthetic.json``) to reproduce its videos."""
+    ``supersample`` and ``normals_expression`` (``synthetic.json``) to reproduce its
+    videos."""
     index = slice(None) if frames is None else torch.as_tensor(list(frames), dtype=torch.long)
     performance = Performance(annotations.expression[index], annotations.head_rotation[index],
                               annotations.head_translation[index])
     return render_frames(avatar_from_annotations(annotations), performance,
                          annotations.K[index], annotations.c2w[index], annotations.height,
-                         annotations.width, supersample)
+                         annotations.width, supersample, normals_expression)
