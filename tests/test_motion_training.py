@@ -4,6 +4,7 @@ resume, save/load and the recipe loader. Tiny configs at 64 px on CPU."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,57 @@ def test_recipe_loads_and_refuses_unknown_keys(tmp_path):
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "not_a_setting" in lines[0]
+
+
+TINY_RUN = ["preset=tiny", "batch_size=4", "identities=3", "steps=4", "warmup_steps=2",
+            "adversarial_start=1", "save_every=2", "log_every=100", "eval_batches=0",
+            "threads=1"]
+
+
+def _torchrun_motion(output: Path, *overrides: str) -> dict:
+    """``tools/train_motion.py`` on 2 gloo processes (the recipe, tiny, batch 4); its
+    training.json."""
+    args = [*TINY_RUN, f"output_dir={output}", *overrides]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", "2", str(ROOT / "tools" / "train_motion.py"),
+                             *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((output / "training.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_of_two_micro_batches(tmp_path):
+    """Data parallel: 2 processes of 2 samples each give the loss history and weights of one
+    process whose batch of 4 is cut into 2 micro-batches, bit for bit; stopped after 2 steps
+    and resumed, the 2 processes continue the same curve."""
+    split = _torchrun_motion(tmp_path / "split")
+    one = train_motion(config_from_recipe(RECIPE, [*TINY_RUN, "accumulation=2",
+                                                   f"output_dir={tmp_path / 'one'}"]), log=None)
+    assert split["steps"] == 4 and split["history"] == one.history
+    assert split["history"][-1]["discriminator"] > 0  # the GAN terms ran too
+    trained = MotionTrainer.from_pretrained(tmp_path / "split" / "model")
+    reference = dict(one.model.named_parameters())
+    for name, value in trained.named_parameters():
+        assert torch.equal(value, reference[name]), name
+    # BatchNorm's running statistics are process 0's micro-batch only (as DDP broadcasts
+    # process 0's buffers); the one process updated them with both micro-batches
+    buffers = dict(one.model.named_buffers())
+    assert any(not torch.equal(value, buffers[name])
+               for name, value in trained.named_buffers() if "running_mean" in name)
+    _torchrun_motion(tmp_path / "resumed", "steps=2")
+    resumed = _torchrun_motion(tmp_path / "resumed")
+    assert resumed["history"] == split["history"]
+
+
+def test_processes_and_micro_batches_must_divide_the_batch(tmp_path):
+    with pytest.raises(ValueError, match=r"batch_size \(6\) must divide into accumulation "
+                                         r"\(4\) equal micro-batches"):
+        tiny_config(tmp_path, batch_size=6, accumulation=4)
+    with pytest.raises(ValueError, match="device must be one of cpu, cuda, auto"):
+        tiny_config(tmp_path, device="tpu")
+    from factorportrait.motion.train import _check_processes
+
+    with pytest.raises(ValueError, match=r"batch_size \(4\) must divide into 3 process\(es\) "
+                                         r"x accumulation \(1\) = 3"):
+        _check_processes(tiny_config(tmp_path, batch_size=4), 3)

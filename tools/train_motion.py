@@ -4,6 +4,8 @@
     python tools/train_motion.py steps=300 time_limit_minutes=5 output_dir=outputs/motion_x
     python tools/train_motion.py --recipe my.yaml preset=base batch_size=16
     python tools/train_motion.py --print-config                         dry run
+    torchrun --nproc_per_node 2 tools/train_motion.py batch_size=16     data parallel
+    torchrun --nproc_per_node 8 tools/train_motion.py preset=base batch_size=64 device=cuda
 
 Overrides are ``key=value`` (OmegaConf dotlist; nested: ``loss.adversarial=0.05``). Resumes
 from ``<output_dir>/checkpoints``' latest checkpoint when there is one. Writes the generator
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,10 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: data parallel
+            from factorportrait.motion.train import training_device
+
+            backend = "nccl" if training_device(config.device).type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
         train_motion(config, log=lambda line: print(line, flush=True))
     except ValueError as error:  # e.g. a checkpoint trained with other settings
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -1,15 +1,22 @@
 """One optimisation step of the motion trainer's GAN (DeX §3.2), as plain functions of
-(models, optimisers, batch) so that an engine (DeepSpeed, accelerate) could wrap them.
+(models, optimisers, batch).
 
     MotionBatch ─ motion_inputs ─ source, pose inputs (eyes / mouth masked), expression input
                                   (cross-view or same-view frame, rotated face crop), target
     train_step: generator step  L_G = λ_rec L1 + λ_pyr pyramid L1 + λ_adv adv + λ_fm FM
                                       (+ λ_vgg VGG, + λ_pose supervised RTS)
                 discriminator step  L_D = adversarial(real = target, fake = detached image)
+
+A step can cut its batch into micro-batches (``shares``: gradient accumulation) and average
+its gradients over processes (``average``: data parallelism, :func:`average_gradients`).
+Both give one process's result on the whole batch, except that BatchNorm (in the expression
+encoder) normalises each micro-batch by its own statistics; and with the same cut, ``N``
+processes of one micro-batch each equal one process of ``N`` micro-batches bit for bit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -167,34 +174,80 @@ def generator_losses(model: MotionTrainer, discriminator: PatchDiscriminator,
     return total, image, {name: float(value.detach()) for name, value in terms.items()}
 
 
+def split_inputs(inputs: dict[str, Tensor], shares: int) -> list[dict[str, Tensor]]:
+    """``inputs`` (every entry batch-first) cut into ``shares`` equal micro-batches."""
+    batch = len(inputs["source"])
+    if isinstance(shares, bool) or not isinstance(shares, int) or shares < 1 or batch % shares:
+        raise ValueError(f"a batch of {batch} cannot be cut into {shares!r} equal parts")
+    size = batch // shares
+    return [{name: value[index * size:(index + 1) * size] for name, value in inputs.items()}
+            for index in range(shares)]
+
+
+def average_gradients(module: nn.Module) -> None:
+    """Average ``module``'s gradients over the processes of the default process group (one
+    all-reduce of a flat buffer). Every process must hold gradients for the same parameters:
+    they run the same step."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([grad.reshape(-1) for grad in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    for grad, part in zip(grads, flat.split([grad.numel() for grad in grads])):
+        grad.copy_(part.view_as(grad))
+
+
+def _mean_terms(terms: list[dict[str, float]]) -> dict[str, float]:
+    return {name: sum(t[name] for t in terms) / len(terms) for name in terms[0]}
+
+
 def train_step(model: MotionTrainer, discriminator: PatchDiscriminator,
                optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
                inputs: dict[str, Tensor], weights: LossWeights, adversarial: bool = True,
-               grad_clip: float | None = 1.0, perceptual: VGGPerceptualLoss | None = None
+               grad_clip: float | None = 1.0, perceptual: VGGPerceptualLoss | None = None,
+               shares: int = 1, average: Callable[[nn.Module], None] | None = None
                ) -> dict[str, float]:
     """One generator step, then one discriminator step (skipped unless ``adversarial``).
-    Returns the loss terms, ``generator`` (the weighted total) and ``discriminator``."""
+
+    ``shares``: micro-batches, each forwarded and backwarded on its own with its loss divided
+    by ``shares`` (gradient accumulation). ``average``: called on each network after its
+    backward passes, before clipping (:func:`average_gradients` in a data-parallel run).
+    Returns the loss terms, ``generator`` (the weighted total) and ``discriminator``, each the
+    mean over micro-batches.
+    """
     generator_optimizer, discriminator_optimizer = optimizers
+    micro = split_inputs(inputs, shares)
     # 1. Generator: the discriminator judges but is not updated.
     discriminator.requires_grad_(False)
-    total, image, parts = generator_losses(model, discriminator, inputs, weights, adversarial,
-                                           perceptual)
     generator_optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    images, terms = [], []
+    for part in micro:
+        total, image, parts = generator_losses(model, discriminator, part, weights, adversarial,
+                                               perceptual)
+        (total / shares).backward()
+        images.append(image.detach())
+        terms.append({**parts, "generator": float(total.detach())})
+    parts = _mean_terms(terms)
+    if average is not None:
+        average(model)
     if (norm := _clip(model, grad_clip)) is not None:
         parts["generator_grad_norm"] = norm
     generator_optimizer.step()
-    parts["generator"] = float(total.detach())
     # 2. Discriminator: real driving frames against the detached generated ones.
     discriminator.requires_grad_(True)
     parts["discriminator"] = 0.0
     if adversarial:
-        loss = discriminator_adversarial_loss(discriminator(inputs["target"]),
-                                              discriminator(image.detach()),
-                                              weights.adversarial_kind)
         discriminator_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses = []
+        for part, image in zip(micro, images):
+            loss = discriminator_adversarial_loss(discriminator(part["target"]),
+                                                  discriminator(image), weights.adversarial_kind)
+            (loss / shares).backward()
+            losses.append(float(loss.detach()))
+        if average is not None:
+            average(discriminator)
         _clip(discriminator, grad_clip)
         discriminator_optimizer.step()
-        parts["discriminator"] = float(loss.detach())
+        parts["discriminator"] = sum(losses) / shares
     return parts

@@ -14,12 +14,23 @@ history, config). A run restarted with the same settings continues from the late
 at the same thread count — produces the loss curve of an uninterrupted run bit for bit.
 At the end the generator is written with :meth:`MotionTrainer.save_pretrained` to
 ``weights_dir`` and ``training.json`` (config, steps, history) to ``output_dir``.
+
+Data parallel: launched by ``torchrun --nproc_per_node N`` (``tools/train_motion.py`` forms
+the process group: gloo on CPUs, NCCL on GPUs), every process derives step ``n``'s whole batch
+from ``(seed, n)``, keeps its ``batch_size / N`` share, and the gradients are averaged over
+the processes before clipping (:func:`~factorportrait.motion.step.average_gradients`), so
+the processes hold the same weights throughout; the logged losses are their means. Process 0
+alone writes checkpoints, the weights and ``training.json``, and decides when to stop (so a
+time limit cannot split them). ``accumulation`` cuts each process's share into micro-batches
+(the same sums). ``N`` processes equal one process with ``accumulation = N`` bit for bit
+(tested): BatchNorm sees the same micro-batches either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +52,14 @@ from factorportrait.motion.data import (
 from factorportrait.motion.discriminator import PatchDiscriminator
 from factorportrait.motion.evaluate import evaluate_motion
 from factorportrait.motion.model import MotionTrainer
-from factorportrait.motion.step import InputSettings, LossWeights, motion_inputs, train_step
+from factorportrait.motion.step import (
+    InputSettings,
+    LossWeights,
+    average_gradients,
+    motion_inputs,
+    split_inputs,
+    train_step,
+)
 from factorportrait.training.checkpoint import (
     capture_rng,
     commit,
@@ -56,7 +74,8 @@ from factorportrait.training.checkpoint import (
 
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
 RESUMABLE_CHANGES = ("steps", "time_limit_minutes", "threads", "log_every", "save_every",
-                     "keep_last", "output_dir", "weights_dir", "eval_batches")
+                     "keep_last", "output_dir", "weights_dir", "eval_batches", "device")
+DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,9 @@ class MotionTrainConfig:
     ``adversarial_start``.
     At the end, ``eval_batches`` batches of held-out identities are scored
     (:func:`~factorportrait.motion.evaluate.evaluate_motion`; 0 = skip).
+    ``batch_size`` is the whole step's batch over every process and micro-batch: it must
+    divide into ``processes × accumulation`` equal parts. ``device``: ``cpu``, ``cuda`` (each
+    process its ``LOCAL_RANK``'s GPU) or ``auto``; batches are rendered on the CPU.
     """
 
     preset: str = "small"
@@ -78,6 +100,8 @@ class MotionTrainConfig:
     steps: int = 2000
     time_limit_minutes: float | None = None
     batch_size: int = 8
+    accumulation: int = 1
+    device: str = "cpu"
     lr_generator: float = 2e-4
     lr_discriminator: float = 2e-4
     lr_pose: float | None = None
@@ -107,8 +131,8 @@ class MotionTrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", dict(self.model or {}))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        for name in ("steps", "batch_size", "identities", "log_every", "save_every",
-                     "keep_last"):
+        for name in ("steps", "batch_size", "accumulation", "identities", "log_every",
+                     "save_every", "keep_last"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"motion training: {name} must be a positive integer, got "
@@ -124,6 +148,12 @@ class MotionTrainConfig:
                     getattr(self, name), (int, float)) or not getattr(self, name) > 0:
                 raise ValueError(f"motion training: {name} must be > 0, got "
                                  f"{getattr(self, name)}")
+        if self.batch_size % self.accumulation:
+            raise ValueError(f"motion training: batch_size ({self.batch_size}) must divide "
+                             f"into accumulation ({self.accumulation}) equal micro-batches")
+        if self.device not in DEVICES:
+            raise ValueError(f"motion training: device must be one of {', '.join(DEVICES)}, "
+                             f"got {self.device!r}")
         if len(self.betas) != 2:
             raise ValueError(f"motion training: betas must be two numbers, got {self.betas}")
         valid = {f.name for f in dataclasses.fields(MotionTrainerConfig)} - {"expression"}
@@ -222,6 +252,50 @@ class TrainingState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def process_group() -> tuple[int, int]:
+    """``(rank, processes)`` of the launched job's default process group; ``(0, 1)``
+    without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def training_device(name: str) -> torch.device:
+    """``device`` of the config as a torch device (``cuda``: this process's ``LOCAL_RANK``
+    GPU); ``ValueError`` for ``cuda`` without a GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("motion training: device cuda, but CUDA is not available here "
+                         "(device=cpu or device=auto)")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _check_processes(config: MotionTrainConfig, processes: int) -> None:
+    parts = processes * config.accumulation
+    if config.batch_size % parts:
+        raise ValueError(f"motion training: batch_size ({config.batch_size}) must divide into "
+                         f"{processes} process(es) x accumulation ({config.accumulation}) = "
+                         f"{parts} equal micro-batches")
+
+
+def _agree(stop: bool, device: torch.device) -> bool:
+    """Process 0's stop decision, on every process (NCCL reduces GPU tensors only)."""
+    flag = torch.tensor([float(stop)], device=device)
+    torch.distributed.broadcast(flag, 0)
+    return bool(flag.item())
+
+
+def _mean_over_processes(parts: dict[str, float], processes: int, device: torch.device
+                         ) -> dict[str, float]:
+    names = sorted(parts)
+    values = torch.tensor([parts[name] for name in names], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(values)
+    return dict(zip(names, (values / processes).tolist()))
+
+
 def learning_rate(base: float, step: int, warmup_steps: int) -> float:
     """Linear warmup over ``warmup_steps`` to ``base``, then constant (a function of the step
     alone, so a resumed run follows the same schedule)."""
@@ -269,8 +343,9 @@ def load_checkpoint(directory: Path, state: TrainingState, config: MotionTrainCo
     :func:`save_checkpoint`; ``ValueError`` if it was trained with other settings."""
     trainer = read_trainer_state(directory)
     saved, current = trainer["config"], config.to_dict()
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    defaults = MotionTrainConfig().to_dict()  # keys added since a checkpoint was written
+    changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES
+                     and saved.get(k, defaults.get(k)) != current.get(k))
     if changed:
         raise ValueError(f"cannot resume from {directory}: it was trained with other settings "
                          f"({', '.join(changed)}); use another output_dir or the same settings")
@@ -301,7 +376,13 @@ def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = 
     """Train (or, with ``resume``, continue from ``output_dir``'s latest checkpoint) until
     ``steps`` or ``time_limit_minutes``; see the module docstring."""
     started = time.monotonic()
+    rank, processes = process_group()
+    _check_processes(config, processes)
+    device = training_device(config.device)
+    log = log if rank == 0 else None
     state = build_state(config)
+    state.model.to(device)
+    state.discriminator.to(device)
     root = config.checkpoint_root()
     if resume and root is not None and (latest := latest_checkpoint(root)) is not None:
         load_checkpoint(latest, state, config)
@@ -311,36 +392,51 @@ def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = 
     if config.vgg_weights is not None and config.loss.perceptual:
         from factorportrait.motion.losses import load_vgg_perceptual
 
-        perceptual = load_vgg_perceptual(config.vgg_weights)
+        perceptual = load_vgg_perceptual(config.vgg_weights).to(device)
     model_config = config.model_config()
     pool = LandmarkPool(identity_seeds(config.identities, "train", config.identity_seed))
     settings = config.input_settings()
     limit = None if config.time_limit_minutes is None else 60 * config.time_limit_minutes
     saved_at = state.step
-    while state.step < config.steps and (limit is None or time.monotonic() - started < limit):
-        # 1. Batch and inputs of this step (seeded by the step alone).
+    while True:
+        stop = state.step >= config.steps or (limit is not None
+                                              and time.monotonic() - started >= limit)
+        if stop if processes == 1 else _agree(stop, device):
+            break
+        # 1. Batch and inputs of this step (seeded by the step alone); this process's share.
         generator = step_generator(config.seed, state.step)
         batch = render_motion_batch(pool, config.batch_size, model_config.image_size,
                                     config.sampling, generator)
         inputs = motion_inputs(batch, model_config.expression.crop_size, settings, generator)
+        if processes > 1:
+            inputs = split_inputs(inputs, processes)[rank]
+        inputs = {name: value.to(device) for name, value in inputs.items()}
         # 2. Learning rates of this step, then the GAN step.
         for optimizer, peaks in zip(state.optimizers, config.peak_learning_rates()):
             for group, peak in zip(optimizer.param_groups, peaks):
                 group["lr"] = learning_rate(peak, state.step, config.warmup_steps)
         parts = train_step(state.model, state.discriminator, state.optimizers, inputs,
                            config.loss, state.step >= config.adversarial_start,
-                           config.grad_clip, perceptual)
+                           config.grad_clip, perceptual, shares=config.accumulation,
+                           average=average_gradients if processes > 1 else None)
+        if processes > 1:
+            parts = _mean_over_processes(parts, processes, device)
         state.step += 1
         state.history.append({"step": state.step, **parts})
         if log and (state.step % config.log_every == 0 or state.step == 1):
             log(_log_line(state.step, parts, time.monotonic() - started))
-        # 3. Checkpoint.
-        if root is not None and state.step % config.save_every == 0:
+        # 3. Checkpoint (process 0: the weights are the same on every process).
+        if root is not None and rank == 0 and state.step % config.save_every == 0:
             save_checkpoint(root, state, config)
             saved_at = state.step
-    if root is not None and state.step != saved_at:
+    if root is not None and rank == 0 and state.step != saved_at:
         save_checkpoint(root, state, config)
     seconds = time.monotonic() - started
+    state.model.cpu()
+    state.discriminator.cpu()
+    if rank != 0:
+        return MotionTrainResult(state.model.eval(), state.discriminator.eval(), state.history,
+                                 state.step, seconds)
     heldout = None
     if config.eval_batches:
         heldout = evaluate_motion(state.model, batches=config.eval_batches,
