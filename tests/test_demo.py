@@ -208,7 +208,13 @@ def test_ablation_recipes_change_only_what_they_ablate():
     assert synthetic_config(neutral).normals_expression is False
     assert synthetic_config(ablation_config("full")).normals_expression is True
     work = ablation_dir(neutral, "neutral_normals") / "work"
-    assert Path(neutral.ablation.work_dir) == work and c2.ablation.work_dir is None
+    assert REPO / neutral.ablation.work_dir == work and c2.ablation.work_dir is None
+    # the key at its default leaves the data fingerprint as before it existed (an existing
+    # work folder is not retrained); the ablation's value changes it
+    from factorportrait.demo.train import step_inputs
+
+    assert "normals_expression" not in step_inputs(ablation_config("full"), "vae")["data"]
+    assert step_inputs(neutral, "vae")["data"]["normals_expression"] is False
     stage = stage_config(shared_config(neutral), "stage1")
     assert Path(stage.data.options["root"]) == work / "data"
     assert Path(stage.stage_dir).is_relative_to(work / "runs" / "ablation_neutral_normals")

@@ -177,3 +177,10 @@ def test_processes_and_micro_batches_must_divide_the_batch(tmp_path):
     with pytest.raises(ValueError, match=r"batch_size \(4\) must divide into 3 process\(es\) "
                                          r"x accumulation \(1\) = 3"):
         _check_processes(tiny_config(tmp_path, batch_size=4), 3)
+
+
+def test_resume_needs_the_same_micro_batches_per_step(tmp_path):
+    train_motion(tiny_config(tmp_path / "run", steps=2, batch_size=4), log=None)
+    with pytest.raises(ValueError, match=r"cut each step's batch into 1 micro-batch\(es\) "
+                                         r"\(processes x accumulation\), this run into 2"):
+        train_motion(tiny_config(tmp_path / "run", batch_size=4, accumulation=2), log=None)

@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: data parallel
             from factorportrait.motion.train import training_device
 
-            backend = "nccl" if training_device(config.device).type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend)
+            device = training_device(config.device)
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # NCCL's own buffers on this process's GPU
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         train_motion(config, log=lambda line: print(line, flush=True))
     except ValueError as error:  # e.g. a checkpoint trained with other settings
         print(f"error: {error}", file=sys.stderr)

@@ -5,7 +5,8 @@
 through the demo's four stages with the ablation's training overrides — on the demo's data,
 expression codes and latent cache (built first when missing) with the shipped VAE and
 encoder; an overlay that changes ``data`` builds its own dataset, codes and cache in
-``<output_dir>/ablations/NAME/work``, leaving the demo's untouched — then scores it with the demo's metric table (:mod:`factorportrait.demo.evaluate`),
+``<output_dir>/ablations/NAME/work``, leaving the demo's untouched — then scores it with
+the demo's metric table (:mod:`factorportrait.demo.evaluate`),
 feeding the conditions the ablation removed as their nulls, as in its training. ``full`` is
 the shipped model itself (no training). Each row goes to
 ``<output_dir>/ablations/NAME/metrics.json``; ``python tools/demo.py ablations`` prints the
@@ -97,7 +98,7 @@ def ablation_config(name: str, overrides: list[str] = (), recipe: str | Path | N
     except Exception as error:  # struct mode: an overlay key the recipe lacks
         raise ValueError(f"ablation recipe {path}: {error}") from error
     if merged.data != config.data and merged.ablation.work_dir is None:
-        merged.ablation.work_dir = str(ablation_dir(config, name) / "work")
+        merged.ablation.work_dir = str(Path(config.output_dir) / "ablations" / name / "work")
     return merged
 
 
@@ -107,7 +108,7 @@ def shared_config(config: DictConfig) -> DictConfig:
     if config.ablation.work_dir is None:
         return config
     shared = config.copy()
-    shared.output_dir = config.ablation.work_dir
+    shared.output_dir = config.ablation.work_dir  # relative to the repository, as output_dir
     return shared
 
 
@@ -145,8 +146,9 @@ def train_ablation(config: DictConfig, name: str) -> Path:
 
     shared = shared_config(config)
     folder = ablation_dir(config, name) / "checkpoint"
-    inputs = {"dit": OmegaConf.to_container(config.dit),
-              "ablation": OmegaConf.to_container(config.ablation),
+    ablation = OmegaConf.to_container(config.ablation)
+    ablation.pop("work_dir")  # where it trains, not what: moving the folders keeps the runs
+    inputs = {"dit": OmegaConf.to_container(config.dit), "ablation": ablation,
               "latents": train._stored(shared, "latents")}
     marker = ablation_dir(config, name) / "inputs.json"
     runs = work_dir(shared) / "runs" / f"ablation_{config.ablation.name}"  # stage_config's

@@ -44,7 +44,7 @@ def synthetic_config(config: DictConfig):
     return SyntheticConfig(identities=data.identities, heldout=data.heldout,
                            clips_per_kind=data.clips_per_kind, frames=data.frames,
                            width=data.size, height=data.size, seed=data.seed,
-                           normals_expression=data.normals_expression)
+                           normals_expression=data.get("normals_expression", True))
 
 
 def data_root(config: DictConfig) -> Path:
@@ -227,6 +227,8 @@ def step_inputs(config: DictConfig, name: str) -> dict:
     steps before it. A step whose stored inputs differ is stale and runs again, so changing
     the VAE recipe retrains the VAE, then re-caches the latents, then retrains the DiT."""
     recipe = OmegaConf.to_container(config)
+    if recipe["data"].get("normals_expression", True) is True:
+        recipe["data"].pop("normals_expression", None)  # as before the key existed
     if name == "vae":
         return {"vae": recipe["vae"], "size": config.size, "data": recipe["data"]}
     if name == "encoder":  # the resolved training config: the base recipe counts too

@@ -108,6 +108,7 @@ def evaluate_motion(model: MotionTrainer, identities: int = 16, batches: int = 4
     pool = LandmarkPool(identity_seeds(identities, "heldout", identity_seed))
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device  # batches are rendered on the CPU
     totals: dict[str, float] = {}
     size, crop = model.config.image_size, model.config.expression.crop_size
     for index in range(batches):
@@ -116,6 +117,7 @@ def evaluate_motion(model: MotionTrainer, identities: int = 16, batches: int = 4
         inputs = motion_inputs(batch, crop, settings, generator)
         inputs["source_expression_input"] = _plain_crops(batch.source, batch.source_landmarks,
                                                          crop, settings.face_scale)
+        inputs = {name: value.to(device) for name, value in inputs.items()}
         out = model(inputs["source"], inputs["pose_input"], inputs["expression_input"],
                     inputs["source_pose_input"])
         predicted = torch.cat([out["pose_source"], out["pose_driving"]])

@@ -22,8 +22,10 @@ the processes before clipping (:func:`~factorportrait.motion.step.average_gradie
 the processes hold the same weights throughout; the logged losses are their means. Process 0
 alone writes checkpoints, the weights and ``training.json``, and decides when to stop (so a
 time limit cannot split them). ``accumulation`` cuts each process's share into micro-batches
-(the same sums). ``N`` processes equal one process with ``accumulation = N`` bit for bit
-(tested): BatchNorm sees the same micro-batches either way.
+(the same sums). ``N`` processes equal one process with ``accumulation = N``, as BatchNorm
+sees the same micro-batches either way: bit for bit for ``N = 2`` (tested; halving is exact),
+to float rounding otherwise (the all-reduce adds in its own order). A run resumes only with
+the same number of micro-batches per step (processes × accumulation).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ from factorportrait.training.checkpoint import (
 
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
 RESUMABLE_CHANGES = ("steps", "time_limit_minutes", "threads", "log_every", "save_every",
-                     "keep_last", "output_dir", "weights_dir", "eval_batches", "device")
+                     "keep_last", "output_dir", "weights_dir", "eval_batches", "device",
+                     "accumulation")  # with processes × accumulation unchanged (micro_batches)
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -326,22 +329,34 @@ def generator_groups(model: MotionTrainer, config: MotionTrainConfig) -> list[di
     return [{"params": rest, "lr": rest_lr}, {"params": pose, "lr": pose_lr}]
 
 
-def save_checkpoint(root: Path, state: TrainingState, config: MotionTrainConfig) -> Path:
-    """Write checkpoint ``state.step`` under ``root`` atomically (module docstring)."""
+def save_checkpoint(root: Path, state: TrainingState, config: MotionTrainConfig,
+                    micro_batches: int | None = None) -> Path:
+    """Write checkpoint ``state.step`` under ``root`` atomically (module docstring);
+    ``micro_batches`` per step: processes × accumulation (default: one process)."""
     staging = prepare_staging(root, state.step)
     save_tree(staging / "models", {"generator": state.model.state_dict(),
                                    "discriminator": state.discriminator.state_dict()})
     save_tree(staging / "optimizers", {"generator": state.optimizers[0].state_dict(),
                                        "discriminator": state.optimizers[1].state_dict()})
     save_tree(rank_stem(staging, "rng", 0), capture_rng())
+    micro_batches = config.accumulation if micro_batches is None else micro_batches
     return commit(root, state.step, {"step": state.step, "history": state.history,
-                                     "config": config.to_dict()}, config.keep_last)
+                                     "config": config.to_dict(),
+                                     "micro_batches": micro_batches}, config.keep_last)
 
 
-def load_checkpoint(directory: Path, state: TrainingState, config: MotionTrainConfig) -> None:
+def load_checkpoint(directory: Path, state: TrainingState, config: MotionTrainConfig,
+                    micro_batches: int | None = None) -> None:
     """Restore ``state`` (in place) and the RNGs from a checkpoint written by
-    :func:`save_checkpoint`; ``ValueError`` if it was trained with other settings."""
+    :func:`save_checkpoint`; ``ValueError`` if it was trained with other settings or another
+    number of ``micro_batches`` per step (processes × accumulation)."""
     trainer = read_trainer_state(directory)
+    micro_batches = config.accumulation if micro_batches is None else micro_batches
+    saved_micro = trainer.get("micro_batches", trainer["config"].get("accumulation", 1))
+    if saved_micro != micro_batches:
+        raise ValueError(f"cannot resume from {directory}: it cut each step's batch into "
+                         f"{saved_micro} micro-batch(es) (processes x accumulation), this run "
+                         f"into {micro_batches}; BatchNorm would see other samples together")
     saved, current = trainer["config"], config.to_dict()
     defaults = MotionTrainConfig().to_dict()  # keys added since a checkpoint was written
     changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_CHANGES
@@ -384,8 +399,9 @@ def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = 
     state.model.to(device)
     state.discriminator.to(device)
     root = config.checkpoint_root()
+    micro_batches = processes * config.accumulation
     if resume and root is not None and (latest := latest_checkpoint(root)) is not None:
-        load_checkpoint(latest, state, config)
+        load_checkpoint(latest, state, config, micro_batches)
         if log:
             log(f"resumed from {latest} at step {state.step}")
     perceptual = None
@@ -427,16 +443,14 @@ def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = 
             log(_log_line(state.step, parts, time.monotonic() - started))
         # 3. Checkpoint (process 0: the weights are the same on every process).
         if root is not None and rank == 0 and state.step % config.save_every == 0:
-            save_checkpoint(root, state, config)
+            save_checkpoint(root, state, config, micro_batches)
             saved_at = state.step
     if root is not None and rank == 0 and state.step != saved_at:
-        save_checkpoint(root, state, config)
+        save_checkpoint(root, state, config, micro_batches)
     seconds = time.monotonic() - started
-    state.model.cpu()
-    state.discriminator.cpu()
     if rank != 0:
-        return MotionTrainResult(state.model.eval(), state.discriminator.eval(), state.history,
-                                 state.step, seconds)
+        return MotionTrainResult(state.model.cpu().eval(), state.discriminator.cpu().eval(),
+                                 state.history, state.step, seconds)
     heldout = None
     if config.eval_batches:
         heldout = evaluate_motion(state.model, batches=config.eval_batches,
@@ -446,6 +460,8 @@ def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = 
         state.model.train()
         if log:
             log("held-out: " + "  ".join(f"{k} {v:.4f}" for k, v in heldout.items()))
+    state.model.cpu()
+    state.discriminator.cpu()
     _export(state, config, seconds, heldout)
     if log:
         log(f"stopped at step {state.step} after {seconds:.0f} s"
