@@ -230,6 +230,18 @@ def test_evaluation_returns_all_metrics_in_range():
     again, _ = synthetic_evaluation(32, num_sets=8, views=3, train_identities=4,
                                     heldout_identities=3)
     assert torch.equal(again.crops, probe.crops)  # deterministic
+    wide, _ = synthetic_evaluation(32, num_sets=8, views=3, train_identities=4,
+                                   heldout_identities=3, crop_scale=1.3)
+    assert torch.equal(wide.expression, probe.expression)  # the same draws, framed wider
+    assert torch.equal(wide.identity, probe.identity)
+
+    def background(crops):  # the renders' white background, in [-1, 1]
+        return float((crops > 0.95).all(dim=1).float().mean())
+
+    assert background(wide.crops) > background(probe.crops) + 0.05
+    with pytest.raises(ValueError, match="crop_scale must be >= 1"):
+        synthetic_evaluation(32, num_sets=2, views=1, train_identities=1,
+                             heldout_identities=1, crop_scale=0.5)
 
 
 def test_evaluation_tool_prints_the_table(capsys, monkeypatch):

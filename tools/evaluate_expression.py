@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="training avatars the probes are fit on (default 64)")
     parser.add_argument("--heldout-identities", type=int, default=8,
                         help="held-out avatars the metrics are measured on (default 8)")
+    parser.add_argument("--crop-scale", type=float, default=1.0,
+                        help="crop side over the tight face box (default 1; 1.3 frames the face "
+                        "like the motion trainer's expression crop)")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     parser.add_argument("--identity-seed", type=int, default=0,
                         help="avatar seed of the training recipe (default 0)")
@@ -88,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         probe = dataset_set(args.dataset, "train", size, args.frames_per_clip)
         test = dataset_set(args.dataset, "heldout", size, args.frames_per_clip)
     else:
-        probe, test = ev.synthetic_evaluation(size, args.sets, args.views, args.train_identities,
-                                              args.heldout_identities, args.seed,
-                                              args.identity_seed)
+        try:
+            probe, test = ev.synthetic_evaluation(
+                size, args.sets, args.views, args.train_identities, args.heldout_identities,
+                args.seed, args.identity_seed, crop_scale=args.crop_scale)
+        except ValueError as error:
+            print(f"error: --crop-scale: {error}", file=sys.stderr)
+            return 2
     print(f"{len(probe)} probe crops (training identities), {len(test)} test crops "
           f"(held-out identities), {size} px")
     results = ev.evaluate_sources(sources, probe, test, pixels=not args.no_pixels)

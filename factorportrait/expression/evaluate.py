@@ -20,13 +20,13 @@ extractor (an encoder's codes, raw pixels) :func:`evaluate_features` measures:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from factorportrait.data.synthetic.config import derive_seed
-from factorportrait.expression.crop import crop_faces
+from factorportrait.expression.crop import FaceBoxes, crop_faces
 from factorportrait.expression.probes import (
     RidgeProbe,
     classification_accuracy,
@@ -72,19 +72,26 @@ class EvaluationSet:
 
 def synthetic_set(split: str, num_sets: int, views: int, identities: int, crop_size: int,
                   seed: int = 0, identity_seed: int = 0, sampling: SetSampling | None = None,
-                  roll_normalise: bool = False) -> EvaluationSet:
+                  roll_normalise: bool = False, crop_scale: float = 1.0) -> EvaluationSet:
     """Render ``num_sets`` expressions × ``views`` views on ``identities`` avatars of ``split``
     (deterministic from ``seed``; avatars from ``identity_seeds(identities, split,
-    identity_seed)``) and crop the face boxes at ``crop_size`` pixels."""
+    identity_seed)``) and crop the face boxes at ``crop_size`` pixels. ``crop_scale``: the
+    crop's side over the face box's (``FACE_BOX_M``, brows to chin); e.g. 1.3 frames the
+    face like the motion trainer's expression crop (the landmark box × 1.2)."""
+    if not crop_scale >= 1:
+        raise ValueError(f"crop_scale must be >= 1 (the face box or more), got {crop_scale}")
     sampling = sampling if sampling is not None else SetSampling()
+    if crop_scale > sampling.context:  # render the room the larger crop needs
+        sampling = replace(sampling, context=crop_scale)
     generator = torch.Generator().manual_seed(derive_seed(seed, "expression-eval", split))
     avatars = AvatarPool(identity_seeds(identities, split, identity_seed))
     sets = render_sets(avatars, num_sets, views, crop_size, sampling, generator)
     set_index = torch.arange(num_sets).repeat_interleave(views)
     view_index = torch.arange(views).repeat(num_sets)
     frames = sets.images[set_index, view_index]
-    crops = crop_faces(frames, sets.face_boxes(set_index, view_index), crop_size,
-                       roll_normalise=roll_normalise)
+    boxes = sets.face_boxes(set_index, view_index)
+    boxes = FaceBoxes(boxes.center, boxes.side * crop_scale, boxes.roll)
+    crops = crop_faces(frames, boxes, crop_size, roll_normalise=roll_normalise)
     return EvaluationSet(crops, sets.expression[set_index], set_index, sets.identity.flatten(),
                          torch.arange(num_sets * views),
                          {name: value.flatten() for name, value in sets.factors.items()})
@@ -94,13 +101,14 @@ def synthetic_evaluation(crop_size: int, num_sets: int = 96, views: int = 6,
                          train_identities: int = 64, heldout_identities: int = 8,
                          seed: int = 0, identity_seed: int = 0,
                          sampling: SetSampling | None = None,
-                         roll_normalise: bool = False) -> tuple[EvaluationSet, EvaluationSet]:
+                         roll_normalise: bool = False, crop_scale: float = 1.0
+                         ) -> tuple[EvaluationSet, EvaluationSet]:
     """The probe-fitting set (training identities) and the test set (held-out identities),
-    ``num_sets × views`` crops each."""
+    ``num_sets × views`` crops each (``crop_scale``: :func:`synthetic_set`)."""
     probe = synthetic_set("train", num_sets, views, train_identities, crop_size, seed,
-                          identity_seed, sampling, roll_normalise)
+                          identity_seed, sampling, roll_normalise, crop_scale)
     test = synthetic_set("heldout", num_sets, views, heldout_identities, crop_size, seed,
-                         identity_seed, sampling, roll_normalise)
+                         identity_seed, sampling, roll_normalise, crop_scale)
     return probe, test
 
 
