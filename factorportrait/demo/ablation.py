@@ -70,6 +70,7 @@ PAPER = {
 # The row each ablation is checked against (default: full) and the rows that add to full.
 COMPARED_WITH = {"dex_no_ray_map": "dex_dual_branch", "dex_no_warping": "dex_dual_branch"}
 ADDITIONS = ("dex_dual_branch",)
+VARIANTS = ("neutral_normals",)  # another form of a condition: the paper orders nothing
 
 
 def ablation_names() -> list[str]:
@@ -229,7 +230,8 @@ def ablation_table(config: DictConfig) -> str:
             better = (reference[key] > mine[key]) == HIGHER_IS_BETTER[key]
             checks.append(f"{key} {reference[key]:.4g} vs {mine[key]:.4g} "
                           f"({base if better else name} better)")
-        expected = (f"the paper: {base} better" if name not in ADDITIONS
-                    else "an addition to full, not an ablation")
+        expected = ("an addition to full, not an ablation" if name in ADDITIONS else
+                    "a variant of a condition, no paper ordering" if name in VARIANTS else
+                    f"the paper: {base} better")
         lines.append(f"- {base} against {name}: " + "; ".join(checks) + f" ({expected})")
     return "\n".join(lines)
