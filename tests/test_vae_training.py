@@ -1,6 +1,7 @@
 """Training the reduced-width Wan VAE on synthetic portraits."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -40,6 +41,25 @@ def test_config_rejects_bad_values(tmp_path):
     with pytest.raises(ValueError, match="init_from: no VAE folder at .*missing"):
         train_vae(VAETrainConfig(root=str(tmp_path), output_dir=str(tmp_path),
                                  init_from=str(tmp_path / "missing")))
+    with pytest.raises(ValueError, match="vae.device must be cpu, cuda or auto, got 'gpu'"):
+        VAETrainConfig(root=str(tmp_path), output_dir=str(tmp_path), device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="vae.device is cuda, but CUDA is not available"):
+            train_vae(VAETrainConfig(root=str(tmp_path), output_dir=str(tmp_path),
+                                     device="cuda"))
+
+
+def test_a_finished_phase_stays_done_on_another_device(tmp_path, monkeypatch):
+    from factorportrait.training import vae as vae_training
+
+    trained = []
+    monkeypatch.setattr(vae_training, "train_vae", lambda phase: trained.append(phase.device))
+    phase = VAETrainConfig(root=str(tmp_path), output_dir=str(tmp_path / "vae"))
+    (tmp_path / "vae").mkdir()
+    vae_training.train_phases([phase])
+    vae_training.train_phases([replace(phase, device="auto")])  # where, not what: done
+    vae_training.train_phases([replace(phase, lr=1e-3)])  # what: trained again
+    assert trained == ["cpu", "cpu"]
 
 
 def test_learning_rate_warms_up_linearly_then_decays_by_cosine():
@@ -96,3 +116,17 @@ def test_vae_reconstruction_improves_and_latents_are_standardised(tmp_path):
                                                         abs=1e-4)
     with pytest.raises(ValueError, match="width 8, vae.dim is 16"):
         train_vae(VAETrainConfig(**{**continued.__dict__, "dim": 16}))
+
+
+def test_train_vae_tool_refuses_a_missing_dataset_in_one_line(tmp_path, capsys, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    sys.modules.pop("train_vae", None)
+    import train_vae as tool
+
+    assert tool.main([f"root={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'vae'}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "nowhere" in error and "\n" not in error
+    assert not (tmp_path / "vae").exists()

@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(config), indent=2))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    vae = train_vae(config)
+    try:
+        vae = train_vae(config)
+    except (ValueError, FileNotFoundError) as error:  # no dataset, no CUDA, a bad init_from
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     print(f"VAE (width {vae.config.dim}, hash {vae.weights_hash()}) -> {config.output_dir}")
     return 0
 

@@ -69,7 +69,7 @@ def vae_phases(config: DictConfig) -> list:
     settings = OmegaConf.to_container(config.vae)
     then = settings.pop("continue_with", None)
     first = VAETrainConfig(root=str(data_root(config)), output_dir=str(work_dir(config) / "vae"),
-                           size=config.size, **settings)
+                           size=config.size, device=config.get("device", "cpu"), **settings)
     if not then:
         return [first]
     return [first, replace(first, **{**settings, **then},
@@ -144,7 +144,9 @@ def step_latents(config: DictConfig) -> None:
     from factorportrait.data import PortraitClipDataset, precompute_latents
     from factorportrait.models.vae import WanVAE
 
-    vae = WanVAE.load(checkpoint_dir(config))
+    from factorportrait.training.vae import training_device
+
+    vae = WanVAE.load(checkpoint_dir(config)).to(training_device(config.get("device", "cpu")))
     for frames in sorted({stage.frames for stage in config.dit.stages.values()}):
         clips = PortraitClipDataset(data_root(config), frames, size=(config.size, config.size),
                                     split=None, window_step=config.dit.window_step,

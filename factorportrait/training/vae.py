@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VAETrainConfig:
-    """Settings of :func:`train_vae` (``recipes/vae.yaml``)."""
+    """Settings of :func:`train_vae` (``recipes/vae.yaml``). ``device``: ``cpu``, ``cuda`` or
+    ``auto`` (CUDA when available); batches are read on the CPU and moved there."""
 
     root: str
     output_dir: str
@@ -60,8 +61,11 @@ class VAETrainConfig:
     init_from: str | None = None
     warmup_steps: int = 0
     validation_windows: int = 4
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"vae.device must be cpu, cuda or auto, got {self.device!r}")
         if (self.frames - 1) % 4 or self.frames < 1:
             raise ValueError(f"vae.frames must be 4k+1, got {self.frames}")
         if self.size % 16 or self.size <= 0:
@@ -153,10 +157,11 @@ def latent_statistics(vae: WanVAE, batches, count: int) -> tuple[list[float], li
     n = 0
     for _ in range(count):
         batch = next(batches)
+        device = next(vae.parameters()).device
         for video in (batch["video"], batch["normals"][batch["has_normals"]]):
             if len(video) == 0:
                 continue
-            mu = posterior(vae, video)[0].double()
+            mu = posterior(vae, video.to(device))[0].double().cpu()
             total += mu.sum(dim=(0, 2, 3, 4))
             square += mu.square().sum(dim=(0, 2, 3, 4))
             n += mu.numel() // 16
@@ -165,10 +170,21 @@ def latent_statistics(vae: WanVAE, batches, count: int) -> tuple[list[float], li
     return mean.tolist(), std.tolist()
 
 
+def training_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto`` as a torch device; ``ValueError`` for ``cuda`` without
+    a GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("vae.device is cuda, but CUDA is not available here (cpu or auto)")
+    return torch.device(name)
+
+
 def train_vae(config: VAETrainConfig) -> WanVAE:
     """Train a ``VAEConfig.small(config.dim)`` VAE and save it to ``config.output_dir``."""
     if config.init_from is not None and not Path(config.init_from).is_dir():
         raise ValueError(f"vae.init_from: no VAE folder at {config.init_from}")
+    device = training_device(config.device)
     torch.manual_seed(config.seed)
     dataset = PortraitClipDataset(config.root, config.frames, size=(config.size, config.size),
                                   split="train", seed=config.seed)
@@ -179,6 +195,7 @@ def train_vae(config: VAETrainConfig) -> WanVAE:
                              f"vae.dim is {config.dim}")
     else:
         vae = WanVAE(VAEConfig.small(config.dim))
+    vae.to(device)
     vae.model.requires_grad_(True).train()
     if config.log_var_init is not None and config.init_from is None:
         with torch.no_grad():  # start with a near-deterministic posterior (see module doc)
@@ -188,12 +205,13 @@ def train_vae(config: VAETrainConfig) -> WanVAE:
         optimizer, WarmupDecay(config.warmup_steps, config.steps))
     batches, generator = _batches(config, dataset), torch.Generator().manual_seed(config.seed)
     heldout = validation_windows(config)
+    heldout = None if heldout is None else heldout.to(device)
     history = []
     for step in range(1, config.steps + 1):
         batch = next(batches)
         use_normals = (torch.rand((), generator=generator) < config.normals_fraction
                        and bool(batch["has_normals"].all()))
-        video = batch["normals"] if use_normals else batch["video"]
+        video = (batch["normals"] if use_normals else batch["video"]).to(device)
         loss, parts = vae_loss(vae, video, config.kl_weight, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,7 +244,9 @@ def train_phases(phases: list[VAETrainConfig]) -> float:
     for phase in phases:
         init = None if phase.init_from is None else hashlib.sha256(
             (Path(phase.init_from) / WEIGHTS_FILE).read_bytes()).hexdigest()
-        inputs = {"config": asdict(phase), "init": init}
+        settings = asdict(phase)
+        settings.pop("device")  # where it trains, not what: a finished phase stays done
+        inputs = {"config": settings, "init": init}
         path = Path(phase.output_dir) / "phase.json"
         record = json.loads(path.read_text()) if path.is_file() else {}
         if record.get("inputs") == inputs:
