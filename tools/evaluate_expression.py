@@ -49,7 +49,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames-per-clip", type=int, default=8, help="with --dataset")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", default=None, help="also write the metrics to this file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.crop_scale >= 1:
+        parser.error(f"--crop-scale must be >= 1 (the tight face box or more), got "
+                     f"{args.crop_scale}")
+    if args.dataset and args.crop_scale != 1:
+        parser.error("--crop-scale applies to the synthetic sets; a --dataset's crops come "
+                     "from its annotated face boxes")
+    return args
 
 
 def load_sources(args: argparse.Namespace) -> dict:
@@ -91,13 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         probe = dataset_set(args.dataset, "train", size, args.frames_per_clip)
         test = dataset_set(args.dataset, "heldout", size, args.frames_per_clip)
     else:
-        try:
-            probe, test = ev.synthetic_evaluation(
-                size, args.sets, args.views, args.train_identities, args.heldout_identities,
-                args.seed, args.identity_seed, crop_scale=args.crop_scale)
-        except ValueError as error:
-            print(f"error: --crop-scale: {error}", file=sys.stderr)
-            return 2
+        probe, test = ev.synthetic_evaluation(
+            size, args.sets, args.views, args.train_identities, args.heldout_identities,
+            args.seed, args.identity_seed, crop_scale=args.crop_scale)
     print(f"{len(probe)} probe crops (training identities), {len(test)} test crops "
           f"(held-out identities), {size} px")
     results = ev.evaluate_sources(sources, probe, test, pixels=not args.no_pixels)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from factorportrait.training.vae import VAETrainConfig, train_vae
+    from factorportrait.training.vae import VAETrainConfig, check_inputs, train_vae
 
     try:
         recipe = OmegaConf.merge(OmegaConf.load(args.recipe),
@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        vae = train_vae(config)
-    except (ValueError, FileNotFoundError) as error:  # no dataset, no CUDA, a bad init_from
+        check_inputs(config)  # no dataset, no CUDA, a bad init_from: one line
+    except ValueError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    vae = train_vae(config)
     print(f"VAE (width {vae.config.dim}, hash {vae.weights_hash()}) -> {config.output_dir}")
     return 0
 

@@ -67,6 +67,7 @@ def vae_phases(config: DictConfig) -> list:
     from factorportrait.training.vae import VAETrainConfig
 
     settings = OmegaConf.to_container(config.vae)
+    settings.pop("device", None)  # the recipe's top-level device decides
     then = settings.pop("continue_with", None)
     first = VAETrainConfig(root=str(data_root(config)), output_dir=str(work_dir(config) / "vae"),
                            size=config.size, device=config.get("device", "cpu"), **settings)
@@ -146,7 +147,8 @@ def step_latents(config: DictConfig) -> None:
 
     from factorportrait.training.vae import training_device
 
-    vae = WanVAE.load(checkpoint_dir(config)).to(training_device(config.get("device", "cpu")))
+    vae = WanVAE.load(checkpoint_dir(config)).to(training_device(config.get("device", "cpu"),
+                                                                 "device"))
     for frames in sorted({stage.frames for stage in config.dit.stages.values()}):
         clips = PortraitClipDataset(data_root(config), frames, size=(config.size, config.size),
                                     split=None, window_step=config.dit.window_step,

@@ -81,8 +81,10 @@ def synthetic_set(split: str, num_sets: int, views: int, identities: int, crop_s
     if not crop_scale >= 1:
         raise ValueError(f"crop_scale must be >= 1 (the face box or more), got {crop_scale}")
     sampling = sampling if sampling is not None else SetSampling()
-    if crop_scale > sampling.context:  # render the room the larger crop needs
-        sampling = replace(sampling, context=crop_scale)
+    if crop_scale > 1:  # render the room the larger crop needs: a rotated crop's corners, and
+        # a pixel each side against render_size's rounding
+        needed = crop_scale * (2 ** 0.5 if roll_normalise else 1.0) + 2 / crop_size
+        sampling = replace(sampling, context=max(sampling.context, needed))
     generator = torch.Generator().manual_seed(derive_seed(seed, "expression-eval", split))
     avatars = AvatarPool(identity_seeds(identities, split, identity_seed))
     sets = render_sets(avatars, num_sets, views, crop_size, sampling, generator)
