@@ -184,3 +184,18 @@ def test_resume_needs_the_same_micro_batches_per_step(tmp_path):
     with pytest.raises(ValueError, match=r"cut each step's batch into 1 micro-batch\(es\) "
                                          r"\(processes x accumulation\), this run into 2"):
         train_motion(tiny_config(tmp_path / "run", batch_size=4, accumulation=2), log=None)
+
+
+def test_a_share_of_the_batch_renders_the_same_frames():
+    """A data-parallel process draws the whole batch but rasterises only its samples: those
+    frames equal the whole batch's bit for bit, every landmark and pose is there, and the
+    other images are zero."""
+    pool = LandmarkPool(identity_seeds(3, "train", 0))
+    whole = render_motion_batch(pool, 4, 64, MotionSampling(), step_generator(0, 5))
+    share = render_motion_batch(pool, 4, 64, MotionSampling(), step_generator(0, 5), range(2, 4))
+    for name in ("source", "driving", "views"):
+        full, part = getattr(whole, name), getattr(share, name)
+        assert torch.equal(part[2:], full[2:]) and not part[:2].any(), name
+    for name in ("source_landmarks", "driving_landmarks", "source_pose", "driving_pose",
+                 "view_landmarks", "expression", "identity"):
+        assert torch.equal(getattr(share, name), getattr(whole, name)), name

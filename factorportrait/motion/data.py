@@ -178,28 +178,45 @@ def sample_cameras(count: int, size: int, sampling: MotionSampling, generator: t
 
 def render_avatar(avatar: HeadAvatar, landmark_vertices: Tensor, expression: Tensor,
                   head_rotation: Tensor, head_translation: Tensor, cameras: Cameras, size: int,
-                  supersample: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+                  supersample: int = 1, rasterize: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor, Tensor]:
     """Render ``N`` frames of one avatar in one renderer call.
 
     Args:
         avatar, landmark_vertices: the avatar and its landmark vertex indices ``(478,)``.
         expression: ``(N, 8)``; head_rotation, head_translation: ``(N, 3)``; ``N`` cameras.
+        rasterize: ``(N,)`` bool, the frames to draw (None: all); the others' images are
+            zero, their landmarks and poses computed all the same. A frame's pixels do not
+            depend on the other frames of the call (bit for bit).
     Returns:
         images ``(N, 3, S, S)`` in [-1, 1], landmarks ``(N, 478, 2)`` normalised, DeX poses
         ``(N, 3, 4)``.
     """
     verts = avatar.pose(expression, head_rotation, head_translation)  # (N, V, 3) world
-    images = render(Meshes(verts, avatar.faces, avatar.vertex_colors), (cameras.K, cameras.c2w),
-                    size, size, outputs=("rgb",), supersample=supersample)["rgb"]
     landmarks = normalised_landmarks(verts[:, landmark_vertices], cameras)  # (N, 478, 2)
     poses = head_pose_matrices(head_rotation, head_translation, cameras)  # (N, 3, 4)
-    return images * 2 - 1, landmarks, poses
+    if rasterize is None:
+        images = render(Meshes(verts, avatar.faces, avatar.vertex_colors),
+                        (cameras.K, cameras.c2w), size, size, outputs=("rgb",),
+                        supersample=supersample)["rgb"] * 2 - 1
+        return images, landmarks, poses
+    images = torch.zeros(len(verts), 3, size, size)
+    if rasterize.any():
+        drawn = render(Meshes(verts[rasterize], avatar.faces, avatar.vertex_colors),
+                       (cameras.K[rasterize], cameras.c2w[rasterize]), size, size,
+                       outputs=("rgb",), supersample=supersample)["rgb"]
+        images[rasterize] = drawn * 2 - 1
+    return images, landmarks, poses
 
 
 def render_motion_batch(pool: LandmarkPool, batch_size: int, size: int,
-                        sampling: MotionSampling, generator: torch.Generator) -> MotionBatch:
+                        sampling: MotionSampling, generator: torch.Generator,
+                        samples: range | None = None) -> MotionBatch:
     """Draw and render ``batch_size`` samples (module docstring); deterministic given
-    ``generator``. Renders ``batch_size · (1 + views)`` frames."""
+    ``generator``. Renders ``batch_size · (1 + views)`` frames. ``samples``: draw only these
+    samples' frames (a data-parallel process's share); every draw, landmark and pose is still
+    made for the whole batch, so the drawn frames equal the whole batch's bit for bit and
+    the other images are zero."""
     views = sampling.views
     identity = torch.randint(len(pool), (batch_size,), generator=generator)  # (B,)
     expression = sample_expressions(2 * batch_size, sampling.expression_sampling(), generator)
@@ -216,13 +233,15 @@ def render_motion_batch(pool: LandmarkPool, batch_size: int, size: int,
     landmarks = torch.empty(frames, LANDMARK_POINTS, 2)
     poses = torch.empty(frames, 3, 4)
     person_of_frame = identity[frame_sample]
+    drawn = None if samples is None else torch.isin(
+        frame_sample, torch.as_tensor(list(samples), dtype=torch.long))
     for person in person_of_frame.unique().tolist():  # avatars differ in topology
         index = (person_of_frame == person).nonzero()[:, 0]
         sample, instant = frame_sample[index], frame_instant[index]
         images[index], landmarks[index], poses[index] = render_avatar(
             pool[person], pool.landmark_vertices(person), expression[sample, instant],
             rotation[sample, instant], translation[sample, instant], cameras[frame_camera[index]],
-            size, sampling.supersample)
+            size, sampling.supersample, None if drawn is None else drawn[index])
     images = images.view(batch_size, 1 + views, *images.shape[1:])
     landmarks = landmarks.view(batch_size, 1 + views, *landmarks.shape[1:])
     poses = poses.view(batch_size, 1 + views, 3, 4)

@@ -16,8 +16,9 @@ At the end the generator is written with :meth:`MotionTrainer.save_pretrained` t
 ``weights_dir`` and ``training.json`` (config, steps, history) to ``output_dir``.
 
 Data parallel: launched by ``torchrun --nproc_per_node N`` (``tools/train_motion.py`` forms
-the process group: gloo on CPUs, NCCL on GPUs), every process derives step ``n``'s whole batch
-from ``(seed, n)``, keeps its ``batch_size / N`` share, and the gradients are averaged over
+the process group: gloo on CPUs, NCCL on GPUs), every process makes step ``n``'s draws for
+the whole batch from ``(seed, n)`` but renders only its ``batch_size / N`` share (the
+geometry of every sample is cheap; the pixels are not), and the gradients are averaged over
 the processes before clipping (:func:`~factorportrait.motion.step.average_gradients`), so
 the processes hold the same weights throughout; the logged losses are their means. Process 0
 alone writes checkpoints, the weights and ``training.json``, and decides when to stop (so a
@@ -413,16 +414,19 @@ def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = 
     pool = LandmarkPool(identity_seeds(config.identities, "train", config.identity_seed))
     settings = config.input_settings()
     limit = None if config.time_limit_minutes is None else 60 * config.time_limit_minutes
+    per_process = config.batch_size // processes
+    share = None if processes == 1 else range(rank * per_process, (rank + 1) * per_process)
     saved_at = state.step
     while True:
         stop = state.step >= config.steps or (limit is not None
                                               and time.monotonic() - started >= limit)
         if stop if processes == 1 else _agree(stop, device):
             break
-        # 1. Batch and inputs of this step (seeded by the step alone); this process's share.
+        # 1. Batch and inputs of this step (seeded by the step alone): every draw is made for
+        # the whole batch, only this process's share is rendered and kept.
         generator = step_generator(config.seed, state.step)
         batch = render_motion_batch(pool, config.batch_size, model_config.image_size,
-                                    config.sampling, generator)
+                                    config.sampling, generator, share)
         inputs = motion_inputs(batch, model_config.expression.crop_size, settings, generator)
         if processes > 1:
             inputs = split_inputs(inputs, processes)[rank]
