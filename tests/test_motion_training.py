@@ -22,6 +22,7 @@ from factorportrait.motion.data import (
     step_generator,
 )
 from factorportrait.motion.model import MotionTrainer
+from factorportrait.motion.step import InputSettings, motion_inputs
 from factorportrait.motion.train import MotionTrainConfig, config_from_recipe, train_motion
 from factorportrait.training.checkpoint import latest_checkpoint, list_checkpoints
 
@@ -199,3 +200,25 @@ def test_a_share_of_the_batch_renders_the_same_frames():
     for name in ("source_landmarks", "driving_landmarks", "source_pose", "driving_pose",
                  "view_landmarks", "expression", "identity"):
         assert torch.equal(getattr(share, name), getattr(whole, name)), name
+
+
+def test_the_expression_input_can_come_from_another_avatar():
+    pool = LandmarkPool(identity_seeds(3, "train", 0))
+    plain = render_motion_batch(pool, 4, 64, MotionSampling(), step_generator(0, 5))
+    assert plain.other is None and plain.use_other is None  # 0: nothing drawn for it
+    sampling = MotionSampling(other_identity_probability=1.0)
+    whole = render_motion_batch(pool, 4, 64, sampling, step_generator(0, 5))
+    assert torch.equal(whole.views, plain.views) and torch.equal(whole.source, plain.source)
+    assert whole.use_other.all() and whole.other.shape == whole.driving.shape
+    assert ((whole.other - whole.driving).abs().mean(dim=(1, 2, 3)) > 0.05).all()
+    share = render_motion_batch(pool, 4, 64, sampling, step_generator(0, 5), range(2, 4))
+    assert torch.equal(share.other[2:], whole.other[2:]) and not share.other[:2].any()
+    assert torch.equal(share.other_landmarks, whole.other_landmarks)
+    inputs = motion_inputs(whole, 32, InputSettings(cross_view_probability=0.0),
+                           step_generator(0, 5))
+    same = motion_inputs(plain, 32, InputSettings(cross_view_probability=0.0),
+                         step_generator(0, 5))
+    assert not torch.equal(inputs["expression_input"], same["expression_input"])
+    assert torch.equal(inputs["target"], same["target"])
+    with pytest.raises(ValueError, match="other_identity_probability must be in"):
+        MotionSampling(other_identity_probability=1.5)

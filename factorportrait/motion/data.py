@@ -56,6 +56,10 @@ class MotionSampling:
         camera_yaw_deg, camera_elevation_deg, camera_distance_m: each camera's orbit.
         framing_m: vertical extent framed at the look-at distance (sets the focal length).
         supersample: renderer anti-aliasing factor.
+        other_identity_probability: chance that a sample's expression input shows the driving
+            expression on *another* avatar, in its own head pose and camera (``other`` of the
+            batch), so the expression code cannot carry the target's identity. 0 (DeX's
+            setup) draws nothing for it, so batches are as before.
     """
 
     views: int = 2
@@ -70,6 +74,7 @@ class MotionSampling:
     camera_distance_m: tuple[float, float] = (0.5, 1.0)
     framing_m: tuple[float, float] = (0.30, 0.38)
     supersample: int = 1
+    other_identity_probability: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("camera_elevation_deg", "camera_distance_m", "framing_m"):
@@ -82,6 +87,9 @@ class MotionSampling:
             raise ValueError(f"MotionSampling.views must be an integer >= 1, got {self.views!r}")
         if self.camera_distance_m[0] <= 0 or self.framing_m[0] <= 0 or self.supersample < 1:
             raise ValueError("MotionSampling: distances and framing must be > 0, supersample >= 1")
+        if not 0 <= self.other_identity_probability <= 1:
+            raise ValueError(f"MotionSampling.other_identity_probability must be in [0, 1], got "
+                             f"{self.other_identity_probability}")
 
     def expression_sampling(self) -> SetSampling:
         return SetSampling(active_probability=self.active_probability,
@@ -101,6 +109,9 @@ class MotionBatch:
             ``(B, V, ...)``; view 0 is ``driving``.
         expression: ``(B, 2, 8)`` ground-truth expression weights of the source and driving.
         identity: ``(B,)`` long, index into the :class:`AvatarPool`.
+        other, other_landmarks: ``(B, 3, S, S)``, ``(B, 478, 2)``: the driving expression on
+            another avatar (``MotionSampling.other_identity_probability``), drawn where
+            ``use_other`` ``(B,)`` is true; None when the probability is 0.
     """
 
     source: Tensor
@@ -111,6 +122,9 @@ class MotionBatch:
     view_poses: Tensor
     expression: Tensor
     identity: Tensor
+    other: Tensor | None = None
+    other_landmarks: Tensor | None = None
+    use_other: Tensor | None = None
 
     @property
     def driving(self) -> Tensor:
@@ -245,5 +259,37 @@ def render_motion_batch(pool: LandmarkPool, batch_size: int, size: int,
     images = images.view(batch_size, 1 + views, *images.shape[1:])
     landmarks = landmarks.view(batch_size, 1 + views, *landmarks.shape[1:])
     poses = poses.view(batch_size, 1 + views, 3, 4)
+    other = {}
+    if sampling.other_identity_probability > 0:
+        other = _other_identity(pool, identity, expression[:, 1], size, sampling, generator,
+                                None if samples is None else list(samples))
     return MotionBatch(images[:, 0], landmarks[:, 0], poses[:, 0], images[:, 1:],
-                       landmarks[:, 1:], poses[:, 1:], expression, identity)
+                       landmarks[:, 1:], poses[:, 1:], expression, identity, **other)
+
+
+def _other_identity(pool: LandmarkPool, identity: Tensor, expression: Tensor, size: int,
+                    sampling: MotionSampling, generator: torch.Generator,
+                    samples: list[int] | None) -> dict[str, Tensor]:
+    """The driving expression ``(B, 8)`` on another avatar of ``pool`` per sample, in a head
+    pose and camera of its own: ``other``, ``other_landmarks``, ``use_other``. Drawn from a
+    generator seeded by one draw of ``generator``; only ``samples`` (None: all) where
+    ``use_other`` are rasterised."""
+    if len(pool) < 2:
+        raise ValueError("other_identity_probability needs at least 2 training avatars")
+    batch_size = len(identity)
+    sub = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    use = torch.rand(batch_size, generator=sub) < sampling.other_identity_probability
+    person = (identity + torch.randint(1, len(pool), (batch_size,), generator=sub)) % len(pool)
+    rotation, translation = sample_head_poses(batch_size, sampling, sub)
+    cameras = sample_cameras(batch_size, size, sampling, sub)
+    drawn = use.clone()
+    if samples is not None:
+        drawn &= torch.isin(torch.arange(batch_size), torch.as_tensor(samples))
+    images = torch.zeros(batch_size, 3, size, size)
+    landmarks = torch.empty(batch_size, LANDMARK_POINTS, 2)
+    for who in person.unique().tolist():
+        index = (person == who).nonzero()[:, 0]
+        images[index], landmarks[index], _ = render_avatar(
+            pool[who], pool.landmark_vertices(who), expression[index], rotation[index],
+            translation[index], cameras[index], size, sampling.supersample, drawn[index])
+    return {"other": images, "other_landmarks": landmarks, "use_other": use}

@@ -131,6 +131,8 @@ def motion_inputs(batch: MotionBatch, crop_size: int, settings: InputSettings,
             frame, points, _ = cross_view_driving(group, 0, 0, generator)
         else:
             frame, points = batch.driving[index], batch.driving_landmarks[index]
+        if batch.use_other is not None and batch.use_other[index]:  # another avatar's face
+            frame, points = batch.other[index], batch.other_landmarks[index]
         frames.append(frame)
         landmarks.append(points)
     # 3. Expression input: a randomly rotated fixed face crop of that frame.

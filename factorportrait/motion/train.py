@@ -458,7 +458,9 @@ def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = 
     heldout = None
     if config.eval_batches:
         heldout = evaluate_motion(state.model, batches=config.eval_batches,
-                                  batch_size=config.batch_size, sampling=config.sampling,
+                                  batch_size=config.batch_size,
+                                  sampling=dataclasses.replace(  # the same-avatar task
+                                      config.sampling, other_identity_probability=0.0),
                                   settings=settings, identity_seed=config.identity_seed,
                                   seed=config.seed)
         state.model.train()
