@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(config.threads)
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: data parallel
-            from factorportrait.motion.train import training_device
+            from factorportrait.training.distributed import init_process_group, training_device
 
-            device = training_device(config.device)
+            device = training_device(config.device, "motion training: device")
             if device.type == "cuda":
                 torch.cuda.set_device(device)  # NCCL's own buffers on this process's GPU
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            init_process_group(device)
         train_motion(config, log=lambda line: print(line, flush=True))
     except ValueError as error:  # e.g. a checkpoint trained with other settings
         print(f"error: {error}", file=sys.stderr)

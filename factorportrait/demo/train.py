@@ -145,7 +145,7 @@ def step_latents(config: DictConfig) -> None:
     from factorportrait.data import PortraitClipDataset, precompute_latents
     from factorportrait.models.vae import WanVAE
 
-    from factorportrait.training.vae import training_device
+    from factorportrait.training.distributed import training_device
 
     vae = WanVAE.load(checkpoint_dir(config)).to(training_device(config.get("device", "cpu"),
                                                                  "device"))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +73,7 @@ from factorportrait.training.checkpoint import (
     restore_rng,
     save_tree,
 )
+from factorportrait.training.distributed import training_device
 
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
 RESUMABLE_CHANGES = ("steps", "time_limit_minutes", "threads", "log_every", "save_every",
@@ -264,19 +264,6 @@ def process_group() -> tuple[int, int]:
     return 0, 1
 
 
-def training_device(name: str) -> torch.device:
-    """``device`` of the config as a torch device (``cuda``: this process's ``LOCAL_RANK``
-    GPU); ``ValueError`` for ``cuda`` without a GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("motion training: device cuda, but CUDA is not available here "
-                         "(device=cpu or device=auto)")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def _check_processes(config: MotionTrainConfig, processes: int) -> None:
     parts = processes * config.accumulation
     if config.batch_size % parts:
@@ -394,7 +381,7 @@ def train_motion(config: MotionTrainConfig, log: Callable[[str], None] | None = 
     started = time.monotonic()
     rank, processes = process_group()
     _check_processes(config, processes)
-    device = training_device(config.device)
+    device = training_device(config.device, "motion training: device")
     log = log if rank == 0 else None
     state = build_state(config)
     state.model.to(device)

@@ -113,6 +113,21 @@ def init_runtime(requested_config: Optional[str]) -> Runtime:
     return Runtime(rank, world_size, local_rank, device, config, path)
 
 
+def training_device(name: str, key: str = "device") -> torch.device:
+    """A trainer's ``device`` setting (``cpu``, ``cuda`` or ``auto``: CUDA when available) as
+    a torch device; ``cuda`` is this process's ``LOCAL_RANK`` GPU. ``ValueError`` naming the
+    setting ``key`` for another name or for ``cuda`` without a GPU."""
+    if name not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"{key} must be cpu, cuda or auto, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{key} is cuda, but CUDA is not available here (cpu or auto)")
+    return torch.device("cuda", _env_int("LOCAL_RANK", 0))
+
+
 def init_process_group(device: torch.device) -> None:
     """Form the process group of a launched job (gloo on CPUs, NCCL on GPUs), once."""
     import deepspeed

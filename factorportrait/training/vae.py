@@ -32,8 +32,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from factorportrait.data.dataset import DrawSampler, PortraitClipDataset
+from factorportrait.data.format import MANIFEST_NAME
 from factorportrait.io.atomic import atomic_write_bytes
 from factorportrait.models.vae import WEIGHTS_FILE, VAEConfig, WanVAE
+from factorportrait.training.distributed import training_device
 from factorportrait.training.optim import WarmupDecay
 
 log = logging.getLogger(__name__)
@@ -170,25 +172,13 @@ def latent_statistics(vae: WanVAE, batches, count: int) -> tuple[list[float], li
     return mean.tolist(), std.tolist()
 
 
-def training_device(name: str, key: str = "vae.device") -> torch.device:
-    """``cpu``, ``cuda`` or ``auto`` (the setting ``key``) as a torch device; ``ValueError``
-    naming ``key`` for another name or for ``cuda`` without a GPU."""
-    if name not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"{key} must be cpu, cuda or auto, got {name!r}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{key} is cuda, but CUDA is not available here (cpu or auto)")
-    return torch.device(name)
-
-
 def check_inputs(config: VAETrainConfig) -> torch.device:
     """What :func:`train_vae` needs before it starts: the dataset's manifest, ``init_from``
     and the device; ``ValueError`` naming the setting. Returns the device."""
     if config.init_from is not None and not Path(config.init_from).is_dir():
         raise ValueError(f"vae.init_from: no VAE folder at {config.init_from}")
-    device = training_device(config.device)
-    manifest = Path(config.root) / "manifest.jsonl"
+    device = training_device(config.device, "vae.device")
+    manifest = Path(config.root) / MANIFEST_NAME
     if not manifest.is_file():
         raise ValueError(f"vae.root {config.root}: no dataset there ({manifest.name} missing)")
     return device
